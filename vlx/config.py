@@ -1,0 +1,300 @@
+"""Config loading: defaults, recipe files, command-line overrides and validation.
+
+A recipe file under `configs/` defines `get_config(arg=None) -> ConfigDict` and sets only what
+differs from `defaults()`. Every key it sets, and every `--config.KEY=VALUE` override, must exist
+in the defaults; a typo is an error naming the key and the closest valid ones, never a silently
+ignored setting. Evaluators (`config.evals.<name>`) are free-form names whose fields are checked
+against the defaults of their `type`.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from vlx.errors import ConfigError
+from vlx.models.variants import VARIANTS
+
+
+def _tower_defaults() -> dict[str, Any]:
+    return dict(
+        variant="B",
+        width=None,  # None: taken from the variant
+        depth=None,
+        mlp_dim=None,
+        heads=None,
+        act="gelu",
+        ln_eps=1e-5,
+        proj=True,
+        proj_bias=False,
+    )
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every key a config may set, with its default value."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256
+    c.log_every = 50
+
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+
+    image = _tower_defaults()
+    image.update(
+        variant="B/16",
+        patch_size=None,
+        image_size=224,
+        class_token=True,
+        posemb="learn",
+        pool="tok",
+        pre_norm=True,
+        patch_bias=False,
+    )
+    text = _tower_defaults()
+    text.update(
+        variant="M",
+        vocab_size=49408,
+        context_length=77,
+        causal=True,
+        pool="eos",
+    )
+    c.model = dict(
+        image=image,
+        text=text,
+        embed_dim=512,
+        logit_scale_init=math.log(1 / 0.07),
+        logit_bias_init=None,
+        max_logit_scale=math.log(100.0),
+        dtype="float32",
+        param_dtype="float32",
+        scan=True,
+        remat="none",
+    )
+
+    c.loss = dict(type="softmax", impl="gather")
+
+    c.optim = dict(
+        lr=5e-4,
+        warmup_steps=100,
+        end_lr=0.0,
+        schedule="cosine",
+        b1=0.9,
+        b2=0.98,
+        eps=1e-6,
+        weight_decay=0.2,
+        grad_clip=1.0,
+    )
+
+    c.data = dict(
+        source="demo",
+        tokenizer="demo",
+        normalize="clip",
+        num_workers=0,
+        prefetch=2,
+        demo=dict(num_examples=1_000_000, holdout=True),
+    )
+
+    c.evals = ml_collections.ConfigDict()
+    return c
+
+
+EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "zeroshot": dict(
+        type="zeroshot",
+        dataset="demo",
+        split="test",
+        num_examples=1000,
+        batch_size=250,
+        every_steps=0,  # 0: only at the end of training
+        templates="demo",
+        prefix="zeroshot",
+    ),
+}
+
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "model.image.pool": ("tok", "gap", "map"),
+    "model.image.posemb": ("learn", "sincos2d"),
+    "model.image.act": ("gelu", "gelu_tanh", "quick_gelu"),
+    "model.text.act": ("gelu", "gelu_tanh", "quick_gelu"),
+    "model.text.pool": ("eos", "last", "first", "mean"),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "full", "dots"),
+    "loss.type": ("softmax", "sigmoid"),
+    "loss.impl": ("gather", "ring"),
+    "optim.schedule": ("cosine", "constant"),
+    "data.source": ("demo",),
+    "data.normalize": ("clip", "minus_one_to_one"),
+}
+
+
+def load(path: str | Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path` (optionally `path:arg`), applies `--config.KEY=VALUE` overrides, validates."""
+    path = str(path)
+    arg = None
+    if ":" in Path(path).name:
+        path, arg = path.rsplit(":", 1)
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    spec = importlib.util.spec_from_file_location(f"vlx_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config(); a vlx config returns a ConfigDict")
+    user = module.get_config(arg) if arg is not None else module.get_config()
+    cfg = defaults()
+    merge(cfg, user, where=path)
+    for item in overrides:
+        apply_override(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(values: dict[str, Any] | ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Defaults updated with `values` and validated (for tests and programmatic use)."""
+    cfg = defaults()
+    merge(cfg, values, where="dict")
+    validate(cfg)
+    return cfg
+
+
+def merge(base: ml_collections.ConfigDict, user: Any, *, where: str, prefix: str = "") -> None:
+    """Recursively writes `user` into `base`, refusing keys that `base` does not have."""
+    for key, value in dict(user).items():
+        name = f"{prefix}{key}"
+        if name == "evals":
+            _merge_evals(base, value, where=where)
+            continue
+        if key not in base:
+            raise ConfigError(_unknown_key_message(name, base, prefix, where))
+        current = base[key]
+        if isinstance(current, ml_collections.ConfigDict):
+            if not isinstance(value, dict | ml_collections.ConfigDict):
+                raise ConfigError(f"{where}: {name} must be a dict of settings, got {value!r}")
+            merge(current, value, where=where, prefix=f"{name}.")
+        else:
+            _set(base, key, value, name)
+
+
+def _merge_evals(base: ml_collections.ConfigDict, evals: Any, *, where: str) -> None:
+    for name, spec in dict(evals).items():
+        spec = dict(spec)
+        kind = spec.get("type")
+        if kind not in EVAL_DEFAULTS:
+            raise ConfigError(
+                f"{where}: evals.{name}.type={kind!r} is not an evaluator; "
+                f"choose one of {', '.join(EVAL_DEFAULTS)}"
+            )
+        if name not in base.evals:
+            base.evals[name] = ml_collections.ConfigDict(EVAL_DEFAULTS[kind])
+        merge(base.evals[name], spec, where=where, prefix=f"evals.{name}.")
+
+
+def _set(node: ml_collections.ConfigDict, key: str, value: Any, name: str) -> None:
+    current = node[key]
+    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if current is not None and value is not None and type(current) is not type(value):
+        raise ConfigError(
+            f"{name}={value!r} has type {type(value).__name__}, "
+            f"expected {type(current).__name__} (default {current!r})"
+        )
+    with node.unlocked():
+        node[key] = value
+
+
+def _all_keys(node: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in node.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _all_keys(value, f"{prefix}{key}.")
+    return keys
+
+
+def _unknown_key_message(name: str, node: ml_collections.ConfigDict, prefix: str, where: str):
+    candidates = [f"{prefix}{k}" for k in _all_keys(node)]
+    close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return f"{where}: unknown config key {name}{hint}"
+
+
+def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
+    """Applies one `config.KEY=VALUE` (or `--config.KEY=VALUE`) override."""
+    text = item.removeprefix("--").removeprefix("config.")
+    if "=" not in text:
+        raise ConfigError(f"override {item!r} must look like --config.KEY=VALUE")
+    name, raw = text.split("=", 1)
+    parts = name.split(".")
+    node = cfg
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ConfigError(_unknown_key_message(name, cfg, "", "override"))
+        node = node[part]
+    key = parts[-1]
+    if key not in node:
+        raise ConfigError(_unknown_key_message(name, cfg, "", "override"))
+    current = node[key]
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"override {name} names a group of settings; set one of its keys")
+    _set(node, key, _parse_value(raw, current), name)
+
+
+def _parse_value(raw: str, current: Any) -> Any:
+    if isinstance(current, str):
+        return raw
+    if isinstance(current, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"{raw!r} is not a boolean; use true or false")
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if current is None:
+            return raw
+        raise ConfigError(f"cannot read {raw!r} as {type(current).__name__}") from None
+
+
+def get(cfg: ml_collections.ConfigDict, name: str) -> Any:
+    node = cfg
+    for part in name.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Checks values that every part of vlx relies on; raises ConfigError naming the key."""
+    for name, allowed in CHOICES.items():
+        value = get(cfg, name)
+        if value not in allowed:
+            raise ConfigError(
+                f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
+            )
+    for name in ("total_steps", "batch_size", "log_every", "model.embed_dim"):
+        if get(cfg, name) <= 0:
+            raise ConfigError(f"{name}={get(cfg, name)} must be positive")
+    for axis, size in cfg.mesh.items():
+        if not isinstance(size, int) or (size < 1 and size != -1):
+            raise ConfigError(f"mesh.{axis}={size!r} must be a positive integer or -1 (fill)")
+    if list(cfg.mesh.values()).count(-1) > 1:
+        raise ConfigError("mesh: at most one axis may be -1 (fill the remaining devices)")
+    for tower in ("image", "text"):
+        variant = cfg.model[tower].variant
+        if variant.split("/")[0] not in VARIANTS:
+            raise ConfigError(
+                f"model.{tower}.variant={variant!r}: size must be one of {', '.join(VARIANTS)}"
+            )
+    if cfg.model.image.pool == "tok" and not cfg.model.image.class_token:
+        raise ConfigError("model.image.pool='tok' needs model.image.class_token=True")
+    if cfg.loss.impl == "ring" and cfg.loss.type != "sigmoid":
+        raise ConfigError("loss.impl='ring' exists for loss.type='sigmoid' only")

@@ -1,0 +1,81 @@
+"""Text to fixed-length token ids with a Hugging Face tokenizer.
+
+`load('demo')` builds an offline word-level tokenizer for the demo vocabulary; any other name is
+a local directory (or a hub name already in the local cache) loaded with `AutoTokenizer`. Every
+sequence ends with the end-of-text token, also when it is truncated, so `eos` pooling always
+finds it; rows are padded with the pad token (the end-of-text token when there is none, which
+makes it "sticky" for `last` pooling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import transformers
+from tokenizers import Tokenizer as RawTokenizer
+from tokenizers import models, normalizers, pre_tokenizers, processors
+
+from vlx.data import demo
+from vlx.errors import ConfigError
+
+DEMO_SPECIALS = ("<pad>", "<unk>", "<eos>")
+
+
+class Tokenizer:
+    """Wraps a `PreTrainedTokenizerFast`; call it on a list of strings."""
+
+    def __init__(self, hf: transformers.PreTrainedTokenizerBase, context_length: int):
+        if hf.eos_token_id is None:
+            raise ConfigError(f"tokenizer {hf.name_or_path!r} has no end-of-text (eos) token")
+        self.hf = hf
+        self.context_length = context_length
+        self.eos_id = hf.eos_token_id
+        self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """int32 [len(texts), context_length] token ids, and how many texts were truncated."""
+        length = self.context_length
+        out = np.full((len(texts), length), self.pad_id, dtype=np.int32)
+        truncated = 0
+        for row, ids in enumerate(self.hf(list(texts))["input_ids"]):
+            if not ids or ids[-1] != self.eos_id:
+                ids = [*ids, self.eos_id]
+            if len(ids) > length:
+                ids = [*ids[: length - 1], self.eos_id]
+                truncated += 1
+            out[row, : len(ids)] = ids
+        return out, truncated
+
+    def save(self, directory: str | Path) -> None:
+        self.hf.save_pretrained(str(directory))
+
+
+def demo_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A lower-casing word-level tokenizer over the demo vocabulary; appends <eos>."""
+    vocab = {tok: i for i, tok in enumerate([*DEMO_SPECIALS, *demo.WORDS])}
+    raw = RawTokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.normalizer = normalizers.Lowercase()
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    raw.post_processor = processors.TemplateProcessing(
+        single="$A <eos>", special_tokens=[("<eos>", vocab["<eos>"])]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>"
+    )
+
+
+def load(name: str, context_length: int) -> Tokenizer:
+    if name == "demo":
+        return Tokenizer(demo_tokenizer(), context_length)
+    try:
+        hf = transformers.AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        where = "directory" if Path(name).exists() else "name (nothing is downloaded at run time)"
+        raise ConfigError(f"data.tokenizer={name!r}: cannot load a tokenizer from this {where}: "
+                          f"{str(e).splitlines()[0]}") from None
+    return Tokenizer(hf, context_length)

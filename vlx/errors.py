@@ -1,0 +1,13 @@
+"""Errors vlx raises for input a user can fix; the CLI prints their message on one line."""
+
+
+class VlxError(Exception):
+    """Base class: the message names the file or key at fault and the fix."""
+
+
+class ConfigError(VlxError, ValueError):
+    """A config file, key or value is wrong."""
+
+
+class MeshError(VlxError, ValueError):
+    """The mesh or the batch does not fit the devices."""

@@ -1,0 +1,21 @@
+"""Evaluators configured under `config.evals.<name>` and run during and after training."""
+
+from __future__ import annotations
+
+from vlx.evals import zeroshot
+
+EVALUATORS = {"zeroshot": zeroshot.run}
+
+
+def due(eval_cfg, step: int, total_steps: int) -> bool:
+    every = eval_cfg.every_steps
+    return step == total_steps or (every > 0 and step % every == 0)
+
+
+def run_all(cfg, context, step: int, *, force: bool = False) -> dict[str, float]:
+    """Runs every evaluator due at `step` (all of them when `force`); merged metrics."""
+    results: dict[str, float] = {}
+    for name, eval_cfg in cfg.evals.items():
+        if force or due(eval_cfg, step, cfg.total_steps):
+            results.update(EVALUATORS[eval_cfg.type](eval_cfg, context, name=name))
+    return results

@@ -1,0 +1,46 @@
+"""Zero-shot classification: images against the averaged embeddings of prompts per class."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vlx.data import demo
+
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "demo": demo.TEMPLATES,
+    "simple": ("a photo of a {}.",),
+}
+
+
+def classifier(embed_texts, classes, templates) -> np.ndarray:
+    """[C, E]: per class, the normalised mean of its normalised prompt embeddings."""
+    prompts = [t.format(c) for c in classes for t in templates]
+    emb = embed_texts(prompts).reshape(len(classes), len(templates), -1).mean(axis=1)
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Per row, whether `labels` is among the k highest logits."""
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return (top == labels[:, None]).any(axis=1)
+
+
+def run(eval_cfg, context, *, name: str) -> dict[str, float]:
+    source = context.source(eval_cfg)
+    weights = classifier(context.embed_texts, source.classes, TEMPLATE_SETS[eval_cfg.templates])
+    images, labels = context.image_embeddings(source, eval_cfg.batch_size)
+    logits = images @ weights.T
+    prefix = eval_cfg.prefix or name
+    out = {
+        f"{prefix}/top1": float(topk_correct(logits, labels, 1).mean()),
+        f"{prefix}/top5": float(topk_correct(logits, labels, 5).mean()),
+        f"{prefix}/num_examples": len(labels),
+    }
+    held_out = getattr(source, "held_out_labels", ())
+    if len(held_out):
+        sel = np.isin(labels, held_out)
+        if sel.any():
+            out[f"{prefix}/top1_held_out"] = float(topk_correct(logits[sel], labels[sel], 1).mean())
+            out[f"{prefix}/top1_seen"] = float(topk_correct(logits[~sel], labels[~sel], 1).mean())
+    return out

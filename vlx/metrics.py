@@ -1,0 +1,102 @@
+"""Where training and eval metrics go: `WORKDIR/metrics.jsonl`, TensorBoard, a progress bar.
+
+Only process 0 writes. Each JSONL line is one logged step: `{"step": 100, "train/loss": ...}`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+
+def _plain(value):
+    value = np.asarray(value).item() if np.ndim(value) == 0 else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class MetricWriter:
+    """Appends metrics to `metrics.jsonl` and TensorBoard event files in `workdir`."""
+
+    def __init__(self, workdir: str | Path):
+        self.enabled = jax.process_index() == 0
+        self.path = Path(workdir) / "metrics.jsonl"
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+            self._file = open(self.path, "a")  # noqa: SIM115 (lives as long as the writer)
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float):
+                self._tb.add_scalar(key, value, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            self._tb.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+    """Console progress: a tqdm bar with step, loss, images/s and ETA (process 0 only)."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool | None = None):
+        from tqdm import tqdm
+
+        enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not enabled,
+            file=sys.stderr,
+            mininterval=1.0,
+        )
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, metrics: dict | None = None) -> None:
+        self.bar.update(step - self.bar.n)
+        if metrics:
+            shown = {}
+            for key in ("train/loss", "train/i2t_acc", "train/images_per_sec"):
+                if key in metrics:
+                    shown[key.split("/")[-1]] = f"{float(metrics[key]):.4g}"
+            self.bar.set_postfix(shown, refresh=False)
+
+    def write(self, text: str) -> None:
+        self.bar.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class NullProgress:
+    def update(self, step: int, metrics: dict | None = None) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

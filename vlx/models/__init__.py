@@ -1,0 +1,1 @@
+"""Flax NNX towers and the two-tower model."""

@@ -1,0 +1,196 @@
+"""Transformer building blocks shared by the image and text towers.
+
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `kv`, `vocab`, `layers`);
+`vlx.parallel.RULES` maps them onto the mesh, so the towers never mention mesh axes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlx.errors import ConfigError
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_saveable,
+}
+
+dense_init = nnx.initializers.xavier_uniform()
+zeros = nnx.initializers.zeros_init()
+ones = nnx.initializers.ones_init()
+
+
+def sharded(init, *names: str | None):
+    """An initializer whose parameter is annotated with logical axis `names`."""
+    return nnx.with_partitioning(init, names)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """Everything a pre-norm transformer block needs to know; static, hashable."""
+
+    width: int
+    mlp_dim: int
+    heads: int
+    act: str = "gelu"
+    ln_eps: float = 1e-5
+    causal: bool = False
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def kw(self, rngs: nnx.Rngs) -> dict:
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+
+
+def layer_norm(spec: BlockSpec, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        spec.width,
+        epsilon=spec.ln_eps,
+        scale_init=sharded(ones, "embed"),
+        bias_init=sharded(zeros, "embed"),
+        **spec.kw(rngs),
+    )
+
+
+def linear(
+    din: int, dout: int, names: tuple, rngs: nnx.Rngs, spec: BlockSpec, bias: bool = True
+) -> nnx.Linear:
+    return nnx.Linear(
+        din,
+        dout,
+        use_bias=bias,
+        kernel_init=sharded(dense_init, *names),
+        bias_init=sharded(zeros, names[-1]),
+        **spec.kw(rngs),
+    )
+
+
+class Attention(nnx.Module):
+    """Multi-head attention with separate q/k/v projections of shape [embed, heads, head_dim]."""
+
+    def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs):
+        heads, head_dim = spec.heads, spec.width // spec.heads
+
+        def proj():
+            return nnx.LinearGeneral(
+                spec.width,
+                (heads, head_dim),
+                kernel_init=sharded(dense_init, "embed", "heads", "kv"),
+                bias_init=sharded(zeros, "heads", "kv"),
+                **spec.kw(rngs),
+            )
+
+        self.query, self.key, self.value = proj(), proj(), proj()
+        self.out = nnx.LinearGeneral(
+            (heads, head_dim),
+            spec.width,
+            axis=(-2, -1),
+            kernel_init=sharded(dense_init, "heads", "kv", "embed"),
+            bias_init=sharded(zeros, "embed"),
+            **spec.kw(rngs),
+        )
+
+    def __call__(self, x: jax.Array, kv: jax.Array | None = None, *, causal: bool = False):
+        kv = x if kv is None else kv
+        y = jax.nn.dot_product_attention(
+            self.query(x), self.key(kv), self.value(kv), is_causal=causal
+        )
+        return self.out(y)
+
+
+class Mlp(nnx.Module):
+    def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs):
+        self.fc1 = linear(spec.width, spec.mlp_dim, ("embed", "mlp"), rngs, spec)
+        self.fc2 = linear(spec.mlp_dim, spec.width, ("mlp", "embed"), rngs, spec)
+        self.act = ACTIVATIONS[spec.act]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block: x + attn(ln1 x), then x + mlp(ln2 x)."""
+
+    def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs):
+        self.causal = spec.causal
+        self.ln1 = layer_norm(spec, rngs)
+        self.attn = Attention(spec, rngs=rngs)
+        self.ln2 = layer_norm(spec, rngs)
+        self.mlp = Mlp(spec, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.ln1(x), causal=self.causal)
+        return x + self.mlp(self.ln2(x))
+
+
+class Encoder(nnx.Module):
+    """`depth` blocks, stacked on a leading `layers` axis and scanned when `scan` is set.
+
+    Scanning compiles one block instead of `depth`, which keeps compile time flat in depth;
+    `remat` trades recomputation for activation memory (`full`, or `dots`: keep matmul outputs).
+    """
+
+    def __init__(self, spec: BlockSpec, depth: int, *, scan: bool, remat: str, rngs: nnx.Rngs):
+        if remat != "none" and remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat={remat!r}: choose none, {', '.join(REMAT_POLICIES)}")
+        self.scan = scan
+        self.remat = remat
+        if scan:
+
+            @nnx.split_rngs(splits=depth)
+            @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+            def make(rngs):
+                return Block(spec, rngs=rngs)
+
+            self.blocks = make(rngs)
+        else:
+            self.blocks = nnx.List([Block(spec, rngs=rngs) for _ in range(depth)])
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        apply = lambda block, x: block(x)
+        if self.remat != "none":
+            apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
+        if not self.scan:
+            for block in self.blocks:
+                x = apply(block, x)
+            return x
+
+        @nnx.scan(
+            in_axes=(nnx.Carry, 0),
+            out_axes=nnx.Carry,
+            transform_metadata={nnx.PARTITION_NAME: "layers"},
+        )
+        def body(x, block):
+            return apply(block, x)
+
+        return body(x, self.blocks)
+
+
+class MapHead(nnx.Module):
+    """Multihead attention pooling: a learned probe attends over the tokens, then an MLP."""
+
+    def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs):
+        self.probe = nnx.Param(
+            sharded(dense_init, None, None, "embed")(rngs.params(), (1, 1, spec.width))
+        )
+        self.attn = Attention(spec, rngs=rngs)
+        self.ln = layer_norm(spec, rngs)
+        self.mlp = Mlp(spec, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        probe = jnp.broadcast_to(self.probe[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
+        y = self.attn(probe, x)
+        y = y + self.mlp(self.ln(y))
+        return y[:, 0]

@@ -1,0 +1,77 @@
+"""Text transformer tower: tokens + learned positions -> blocks -> pool -> project."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlx.errors import ConfigError
+from vlx.models import layers, variants
+
+
+def pool_tokens(x: jax.Array, tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array:
+    """Picks one vector per sequence from x [B, L, D] according to `how`."""
+    if how == "eos":
+        # First end-of-text position; a row without one falls back to the last position.
+        is_eos = tokens == eos_id
+        pos = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), tokens.shape[1] - 1)
+        return jnp.take_along_axis(x, pos[:, None, None], axis=1)[:, 0]
+    if how == "last":
+        return x[:, -1]
+    if how == "first":
+        return x[:, 0]
+    return jnp.mean(x, axis=1)
+
+
+class TextTransformer(nnx.Module):
+    def __init__(self, cfg, *, embed_dim: int, eos_id: int | None, common: dict, rngs: nnx.Rngs):
+        size = variants.resolve(cfg, where="model.text")
+        if cfg.pool == "eos" and eos_id is None:
+            raise ConfigError("model.text.pool='eos' needs a tokenizer with an end-of-text token")
+        spec = layers.BlockSpec(
+            width=size.width,
+            mlp_dim=size.mlp_dim,
+            heads=size.heads,
+            act=cfg.act,
+            ln_eps=cfg.ln_eps,
+            causal=cfg.causal,
+            dtype=common["dtype"],
+            param_dtype=common["param_dtype"],
+        )
+        self.pool = cfg.pool
+        self.eos_id = eos_id
+        self.embed = nnx.Embed(
+            cfg.vocab_size,
+            size.width,
+            embedding_init=layers.sharded(nnx.initializers.normal(0.02), "vocab", "embed"),
+            **spec.kw(rngs),
+        )
+        self.posemb = nnx.Param(
+            layers.sharded(nnx.initializers.normal(0.01), None, "embed")(
+                rngs.params(), (cfg.context_length, size.width)
+            )
+        )
+        self.encoder = layers.Encoder(
+            spec, size.depth, scan=common["scan"], remat=common["remat"], rngs=rngs
+        )
+        self.ln_final = layers.layer_norm(spec, rngs)
+        if cfg.proj:
+            self.proj = layers.linear(
+                size.width, embed_dim, ("embed", None), rngs, spec, bias=cfg.proj_bias
+            )
+        else:
+            if size.width != embed_dim:
+                raise ConfigError(
+                    f"model.text.proj=False needs width {size.width} == model.embed_dim "
+                    f"{embed_dim}"
+                )
+            self.proj = None
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        """tokens: int [B, L]. Returns unnormalised [B, E]."""
+        x = self.embed(tokens)
+        x = x + self.posemb[...].astype(x.dtype)[: tokens.shape[1]]
+        x = self.ln_final(self.encoder(x))
+        x = pool_tokens(x, tokens, self.pool, self.eos_id)
+        return x if self.proj is None else self.proj(x)

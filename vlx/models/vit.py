@@ -1,0 +1,116 @@
+"""ViT image tower: patches -> (+class token) -> position embedding -> blocks -> pool -> project."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlx.errors import ConfigError
+from vlx.models import layers, variants
+
+
+def sincos2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sine-cosine position embedding [grid*grid, width] (MoCo v3 / big_vision)."""
+    if width % 4:
+        raise ConfigError(f"model.image: posemb='sincos2d' needs width divisible by 4, got {width}")
+    y, x = np.mgrid[:grid, :grid]
+    omega = 1.0 / temperature ** (np.arange(width // 4) / (width // 4 - 1 or 1))
+    y = np.einsum("m,d->md", y.ravel(), omega)
+    x = np.einsum("m,d->md", x.ravel(), omega)
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+class ViT(nnx.Module):
+    def __init__(self, cfg, *, embed_dim: int, common: dict, rngs: nnx.Rngs):
+        size = variants.resolve(cfg, where="model.image")
+        if size.patch_size is None:
+            raise ConfigError(
+                f"model.image.variant={cfg.variant!r} names no patch size; use e.g. 'B/16' "
+                "or set model.image.patch_size"
+            )
+        if cfg.image_size % size.patch_size:
+            raise ConfigError(
+                f"model.image.image_size={cfg.image_size} is not a multiple of the patch size "
+                f"{size.patch_size}"
+            )
+        spec = layers.BlockSpec(
+            width=size.width,
+            mlp_dim=size.mlp_dim,
+            heads=size.heads,
+            act=cfg.act,
+            ln_eps=cfg.ln_eps,
+            causal=False,
+            dtype=common["dtype"],
+            param_dtype=common["param_dtype"],
+        )
+        self.grid = cfg.image_size // size.patch_size
+        self.pool = cfg.pool
+        self.dtype = spec.dtype
+        p = size.patch_size
+        self.patch = nnx.Conv(
+            3,
+            size.width,
+            kernel_size=(p, p),
+            strides=(p, p),
+            padding="VALID",
+            use_bias=cfg.patch_bias,
+            kernel_init=layers.sharded(nnx.initializers.lecun_normal(), None, None, None, "embed"),
+            bias_init=layers.sharded(layers.zeros, "embed"),
+            **spec.kw(rngs),
+        )
+        init = nnx.initializers.normal(0.02)
+        self.cls = (
+            nnx.Param(layers.sharded(init, "embed")(rngs.params(), (size.width,)))
+            if cfg.class_token
+            else None
+        )
+        tokens = self.grid**2 + (1 if cfg.class_token else 0)
+        if cfg.posemb == "learn":
+            self.posemb = nnx.Param(
+                layers.sharded(init, None, "embed")(rngs.params(), (tokens, size.width))
+            )
+        else:
+            self.posemb = None
+            self.fixed_posemb = nnx.Variable(sincos2d(self.grid, size.width))
+        self.ln_pre = layers.layer_norm(spec, rngs) if cfg.pre_norm else None
+        self.encoder = layers.Encoder(
+            spec, size.depth, scan=common["scan"], remat=common["remat"], rngs=rngs
+        )
+        self.ln_post = layers.layer_norm(spec, rngs)
+        self.map_head = layers.MapHead(spec, rngs=rngs) if cfg.pool == "map" else None
+        if cfg.proj:
+            self.proj = layers.linear(
+                size.width, embed_dim, ("embed", None), rngs, spec, bias=cfg.proj_bias
+            )
+        else:
+            if size.width != embed_dim:
+                raise ConfigError(
+                    f"model.image.proj=False needs width {size.width} == model.embed_dim "
+                    f"{embed_dim}"
+                )
+            self.proj = None
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """images: float [B, H, W, 3], already normalised. Returns unnormalised [B, E]."""
+        x = self.patch(images.astype(self.dtype))
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d)
+        if self.posemb is None:
+            x = x + self.fixed_posemb[...].astype(x.dtype)
+        if self.cls is not None:
+            cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, d))
+            x = jnp.concatenate([cls, x], axis=1)
+        if self.posemb is not None:
+            x = x + self.posemb[...].astype(x.dtype)
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
+        x = self.ln_post(self.encoder(x))
+        if self.pool == "tok":
+            x = x[:, 0]
+        elif self.pool == "gap":
+            x = jnp.mean(x[:, 1:] if self.cls is not None else x, axis=1)
+        else:
+            x = self.map_head(x)
+        return x if self.proj is None else self.proj(x)
