@@ -1,4 +1,4 @@
-"""Demo: a tiny CLIP on built-in coloured-shape captions; minutes on a 2-core CPU.
+"""Demo: a tiny CLIP on built-in coloured-shape captions; about 2-3 minutes on a 2-core CPU.
 
   vlx train --config configs/demo.py --workdir runs/demo
 
@@ -12,22 +12,30 @@ import ml_collections
 def get_config():
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.total_steps = 600
+    c.total_steps = 1000
     c.batch_size = 128
     c.log_every = 25
 
     c.model = dict(
-        image=dict(variant="mu/4", image_size=32, width=96, depth=3, mlp_dim=256, heads=4),
-        text=dict(variant="mu", vocab_size=64, context_length=16, width=96, depth=2, mlp_dim=256,
-                  heads=4),
+        image=dict(variant="mu/8", image_size=32, width=128, depth=3, mlp_dim=256, heads=4),
+        text=dict(
+            variant="mu",
+            vocab_size=64,
+            context_length=16,
+            width=128,
+            depth=2,
+            mlp_dim=256,
+            heads=4,
+        ),
         embed_dim=64,
     )
     c.loss = dict(type="softmax")
-    c.optim = dict(lr=2e-3, warmup_steps=50, weight_decay=0.05, b2=0.98)
-    c.data = dict(source="demo", tokenizer="demo", num_workers=0)
+    c.optim = dict(lr=2e-3, warmup_steps=50, weight_decay=0.05)
+    c.data = dict(source="demo", tokenizer="demo")
 
     c.evals = dict(
-        zeroshot=dict(type="zeroshot", dataset="demo", split="test", num_examples=1200,
-                      every_steps=200),
+        zeroshot=dict(
+            type="zeroshot", dataset="demo", split="test", num_examples=1200, every_steps=500
+        ),
     )
     return c

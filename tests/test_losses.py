@@ -76,9 +76,11 @@ def test_loss_and_grads_match_full_batch_reference(shape, kind, impl, bias):
     g_img, g_txt, g_scale, g_bias = grad(gi, gt, jnp.float32(scale), jnp.float32(bias))
     zi64, zt64 = zimg.astype(np.float64), ztxt.astype(np.float64)
     ref = lambda which: (
-        lambda x: reference(x, zt64, scale, bias, kind)
-        if which == 0
-        else reference(zi64, x, scale, bias, kind)
+        lambda x: (
+            reference(x, zt64, scale, bias, kind)
+            if which == 0
+            else reference(zi64, x, scale, bias, kind)
+        )
     )
     np.testing.assert_allclose(g_img, numeric_grad(ref(0), zi64.copy()), atol=1e-5)
     np.testing.assert_allclose(g_txt, numeric_grad(ref(1), zt64.copy()), atol=1e-5)

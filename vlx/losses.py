@@ -67,14 +67,17 @@ def _gathered(zimg, ztxt, scale, bias, *, kind):
     i2t = scale * zimg @ txt_all.T + bias  # this device's images against every text
     t2i = scale * ztxt @ img_all.T + bias  # this device's texts against every image
     if kind == "softmax":
-        nll = lambda logits: jax.nn.logsumexp(logits, axis=1) - jnp.take_along_axis(
-            logits, labels[:, None], axis=1
-        ).squeeze(1)
+        nll = lambda logits: (
+            jax.nn.logsumexp(logits, axis=1)
+            - jnp.take_along_axis(logits, labels[:, None], axis=1).squeeze(1)
+        )
         loss = jax.lax.psum(jnp.sum(nll(i2t)) + jnp.sum(nll(t2i)), BATCH_AXES) / (2 * total)
     else:
         signs = 2.0 * jax.nn.one_hot(labels, total, dtype=i2t.dtype) - 1.0
         loss = -jax.lax.psum(jnp.sum(jax.nn.log_sigmoid(signs * i2t)), BATCH_AXES) / total
-    acc = lambda logits: jax.lax.psum(jnp.sum(_positive_beats_negatives(logits, labels)), BATCH_AXES)
+    acc = lambda logits: jax.lax.psum(
+        jnp.sum(_positive_beats_negatives(logits, labels)), BATCH_AXES
+    )
     return loss, acc(i2t) / total, acc(t2i) / total
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -58,24 +57,29 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 class Progress:
-    """Console progress: a tqdm bar with step, loss, images/s and ETA (process 0 only)."""
+    """Console progress: a tqdm bar with step, loss, images/s and ETA (process 0 only).
 
-    def __init__(self, total: int, initial: int = 0, enabled: bool | None = None):
-        from tqdm import tqdm
+    The bar appears at the first step, so errors raised while setting up stay on one line.
+    """
 
-        enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.bar = tqdm(
-            total=total,
-            initial=initial,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not enabled,
-            file=sys.stderr,
-            mininterval=1.0,
-        )
-        self.t0 = time.perf_counter()
+    def __init__(self, total: int, enabled: bool | None = None):
+        self.total = total
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.bar = None
 
     def update(self, step: int, metrics: dict | None = None) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=self.total,
+                initial=step - 1,
+                unit="step",
+                dynamic_ncols=True,
+                disable=not self.enabled,
+                file=sys.stderr,
+                mininterval=1.0,
+            )
         self.bar.update(step - self.bar.n)
         if metrics:
             shown = {}
@@ -85,10 +89,12 @@ class Progress:
             self.bar.set_postfix(shown, refresh=False)
 
     def write(self, text: str) -> None:
-        self.bar.write(text, file=sys.stderr)
+        if self.enabled:
+            (self.bar.write if self.bar else print)(text, file=sys.stderr)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 class NullProgress:

@@ -1,4 +1,4 @@
-"""AdamW with global-norm clipping, warmup + cosine (or constant) schedule, decay on kernels only."""
+"""AdamW with global-norm clipping, warmup + cosine (or constant) schedule, kernel-only decay."""
 
 from __future__ import annotations
 

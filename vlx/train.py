@@ -86,7 +86,7 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
             temperature=1.0 / scale,
             logit_scale=scale,
             logit_bias=bias,
-            grad_norm=optax.global_norm(grads),
+            grad_norm=optax.tree.norm(grads),
             lr=lr,
         )
         return {"model": nnx.state(model), "opt": nnx.state(opt)}, metrics

@@ -78,8 +78,10 @@ def eval_batches(
 
 def _pad(batch: dict | None, size: int, template: dict) -> dict:
     if batch is None:  # this process ran out before the others: an all-padding batch
-        batch = {"image": np.zeros((0, *template["image"].shape), np.uint8),
-                 "label": np.zeros((0,), np.int64)}
+        batch = {
+            "image": np.zeros((0, *template["image"].shape), np.uint8),
+            "label": np.zeros((0,), np.int64),
+        }
     n = len(batch["image"])
     out = {"mask": np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])}
     for key, value in batch.items():

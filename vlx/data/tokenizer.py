@@ -76,6 +76,8 @@ def load(name: str, context_length: int) -> Tokenizer:
         hf = transformers.AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
         where = "directory" if Path(name).exists() else "name (nothing is downloaded at run time)"
-        raise ConfigError(f"data.tokenizer={name!r}: cannot load a tokenizer from this {where}: "
-                          f"{str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"data.tokenizer={name!r}: cannot load a tokenizer from this {where}: "
+            f"{str(e).splitlines()[0]}"
+        ) from None
     return Tokenizer(hf, context_length)

@@ -63,8 +63,7 @@ class TextTransformer(nnx.Module):
         else:
             if size.width != embed_dim:
                 raise ConfigError(
-                    f"model.text.proj=False needs width {size.width} == model.embed_dim "
-                    f"{embed_dim}"
+                    f"model.text.proj=False needs width {size.width} == model.embed_dim {embed_dim}"
                 )
             self.proj = None
 

@@ -1,0 +1,66 @@
+import pytest
+
+from vlx import config
+from vlx.errors import ConfigError
+
+
+def write(tmp_path, body):
+    path = tmp_path / "cfg.py"
+    path.write_text("import ml_collections\n\ndef get_config():\n" + body)
+    return path
+
+
+def test_recipe_configs_load():
+    for name in ("demo", "clip_vit_b32", "clip_vit_b16", "siglip_b16"):
+        cfg = config.load(f"configs/{name}.py")
+        assert cfg.model.image.variant
+
+
+def test_overrides_are_typed():
+    cfg = config.load(
+        "configs/demo.py",
+        [
+            "--config.batch_size=64",
+            "--config.optim.lr=1e-3",
+            "--config.model.scan=false",
+            "--config.model.image.pool=gap",
+            "--config.evals.zeroshot.every_steps=7",
+        ],
+    )
+    assert cfg.batch_size == 64 and cfg.optim.lr == 1e-3 and cfg.model.scan is False
+    assert cfg.model.image.pool == "gap" and cfg.evals.zeroshot.every_steps == 7
+
+
+def test_unknown_override_names_closest_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key optim\.lrr.*optim\.lr"):
+        config.load("configs/demo.py", ["--config.optim.lrr=1"])
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    path = write(tmp_path, "    return ml_collections.ConfigDict(dict(batch_sise=3))\n")
+    with pytest.raises(ConfigError, match=rf"{path}: unknown config key batch_sise.*batch_size"):
+        config.load(path)
+
+
+def test_bad_type_and_bad_choice():
+    with pytest.raises(ConfigError, match="batch_size='many' has type str, expected int"):
+        config.load("configs/demo.py", ["--config.batch_size='many'"])
+    with pytest.raises(
+        ConfigError, match=r"model\.image\.pool='avg' is not allowed.*tok, gap, map"
+    ):
+        config.load("configs/demo.py", ["--config.model.image.pool=avg"])
+    with pytest.raises(ConfigError, match="ring.*sigmoid"):
+        config.load("configs/demo.py", ["--config.loss.impl=ring"])
+
+
+def test_unknown_evaluator_type(tmp_path):
+    path = write(
+        tmp_path, "    return ml_collections.ConfigDict(dict(evals=dict(a=dict(type='x'))))\n"
+    )
+    with pytest.raises(ConfigError, match=r"evals\.a\.type='x' is not an evaluator"):
+        config.load(path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.load("configs/nope.py")

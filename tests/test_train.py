@@ -1,0 +1,133 @@
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.helpers import tiny_config
+from vlx import cli, optim, parallel, train
+from vlx.data import demo
+from vlx.data.tokenizer import load as load_tokenizer
+
+
+def demo_batch(cfg, n, offset=0):
+    src = demo.DemoSource(image_size=cfg.model.image.image_size)
+    examples = [src[offset + i] for i in range(n)]
+    tokens, _ = load_tokenizer("demo", cfg.model.text.context_length)(
+        [e["caption"] for e in examples]
+    )
+    return {"image": np.stack([e["image"] for e in examples]), "tokens": tokens}
+
+
+def run_steps(cfg, mesh, batches):
+    tx, lr = optim.make(cfg.optim, cfg.total_steps)
+    state = train.create_state(cfg, mesh, eos_id=2, tx=tx)
+    step = train.make_train_step(cfg, mesh, state, lr)
+    arrays, losses = state.arrays, []
+    for batch in batches:
+        arrays, metrics = step(arrays, parallel.global_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    params = jax.device_get(nnx.to_pure_dict(nnx.state(arrays["model"], nnx.Param)))
+    return losses, params
+
+
+@pytest.mark.parametrize(
+    "shape,loss",
+    [
+        ((8, 1, 1), "softmax"),
+        ((2, 4, 1), "softmax"),
+        ((2, 2, 2), "softmax"),
+        ((2, 2, 2), "sigmoid"),
+        ((4, 2, 1), "sigmoid-ring"),
+    ],
+)
+def test_sharded_steps_equal_single_device_steps(shape, loss):
+    kind, _, impl = loss.partition("-")
+    # lr 1e-3: the attention key bias has an exactly-zero true gradient (softmax ignores it), and
+    # Adam's first step turns its float noise (~1e-9) into an update of lr * noise / eps.
+    cfg = tiny_config(
+        optim=dict(lr=1e-3),
+        loss=dict(type=kind, impl=impl or "gather"),
+        model=dict(logit_bias_init=-10.0 if kind == "sigmoid" else None),
+    )
+    batches = [demo_batch(cfg, 16, offset=16 * i) for i in range(2)]
+    one = parallel.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    many = parallel.make_mesh(dict(zip(parallel.AXES, shape, strict=True)))
+    ref_losses, ref_params = run_steps(cfg, one, batches)
+    losses, params = run_steps(cfg, many, batches)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), params, ref_params)
+    assert ref_losses[1] != ref_losses[0]  # the first step really updated the model
+
+
+def test_adamw_decays_only_kernels_and_clamps_scale():
+    cfg = tiny_config(model=dict(logit_scale_init=10.0))  # above log(100): clamped on update
+    mesh = parallel.make_mesh(dict(data=8, fsdp=1, tensor=1))
+    tx, lr = optim.make(cfg.optim, cfg.total_steps)
+    state = train.create_state(cfg, mesh, eos_id=2, tx=tx)
+    mask = optim.decay_mask(nnx.state(state.arrays["model"], nnx.Param))
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(mask)[0]}
+    assert any(v for k, v in flat.items() if "fc1']['kernel" in k)
+    assert not any(v for k, v in flat.items() if "bias" in k or "embedding" in k or "scale" in k)
+    step = train.make_train_step(cfg, mesh, state, lr)
+    arrays, metrics = step(state.arrays, parallel.global_batch(demo_batch(cfg, 16), mesh))
+    assert float(metrics["logit_scale"]) == pytest.approx(100.0)
+    assert float(arrays["model"]["logit_scale"][...]) == pytest.approx(np.log(100.0))
+
+
+def test_demo_trains_from_the_cli(tmp_path, capsys):
+    """A shortened demo: the loss falls and held-out zero-shot accuracy is far above chance."""
+    workdir = tmp_path / "demo"
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            "configs/demo.py",
+            "--workdir",
+            str(workdir),
+            "--config.total_steps=300",
+            "--config.log_every=50",
+            "--config.evals.zeroshot.every_steps=0",
+            "--config.evals.zeroshot.num_examples=480",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "zeroshot/top1:" in out
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert [r["step"] for r in records if "train/loss" in r] == [50, 100, 150, 200, 250, 300]
+    assert losses[-1] < losses[0] - 0.5
+    final = next(r for r in records if "zeroshot/top1" in r)
+    assert final["zeroshot/num_examples"] == 480
+    assert final["zeroshot/top1"] > 0.5  # chance is 1/24
+    assert {
+        "train/i2t_acc",
+        "train/t2i_acc",
+        "train/temperature",
+        "train/grad_norm",
+        "train/lr",
+        "train/images_per_sec",
+    } <= set(records[1])
+    assert list((workdir / "tensorboard").iterdir())
+    assert (workdir / "tokenizer" / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.optim.lrr=1", "unknown config key optim.lrr; did you mean optim.lr"),
+        ("--config.mesh.fsdp=3", "fixed axes multiply to 3, which does not divide the 8 devices"),
+        ("--config.batch_size=12", "batch_size=12 does not divide over the 8 batch shards"),
+        (
+            "--config.model.text.vocab_size=8",
+            "vocab_size=8 is smaller than the vocabulary",
+        ),
+    ],
+)
+def test_bad_config_is_a_one_line_error(tmp_path, capsys, override, message):
+    code = cli.main(["train", "--config", "configs/demo.py", "--workdir", str(tmp_path), override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("vlx: error: ") and message in err[-1]
