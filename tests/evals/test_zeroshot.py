@@ -8,7 +8,9 @@ def test_topk_by_hand_with_ties():
     logits = np.array([[0.9, 0.1, 0.0], [0.2, 0.2, 0.6], [0.5, 0.5, 0.0]])
     labels = np.array([0, 1, 1])
     assert list(zeroshot.topk_correct(logits, labels, 1)) == [True, False, False]
-    assert list(zeroshot.topk_correct(logits, labels, 2)) == [True, True, True]
+    # Row 2: class 0 ties with class 1 and wins (lower index), as argmax would.
+    assert list(zeroshot.topk_correct(logits, labels, 2)) == [True, False, True]
+    assert list(zeroshot.topk_correct(logits, labels, 3)) == [True, True, True]
     assert zeroshot.topk_correct(logits, labels, 5).all()
 
 

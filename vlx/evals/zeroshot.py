@@ -20,10 +20,15 @@ def classifier(embed_texts, classes, templates) -> np.ndarray:
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per row, whether `labels` is among the k highest logits."""
-    k = min(k, logits.shape[1])
-    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
-    return (top == labels[:, None]).any(axis=1)
+    """Per row, whether `labels` ranks among the k highest logits.
+
+    Ties rank the lower class index first (as argmax does), so results never depend on sort
+    order: rank = #(classes scoring higher) + #(equal-scoring classes with a smaller index).
+    """
+    score = np.take_along_axis(logits, labels[:, None], axis=1)
+    before = np.arange(logits.shape[1])[None, :] < labels[:, None]
+    rank = np.sum(logits > score, axis=1) + np.sum((logits == score) & before, axis=1)
+    return rank < k
 
 
 def run(eval_cfg, context, *, name: str) -> dict[str, float]:
