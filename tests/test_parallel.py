@@ -29,3 +29,13 @@ def test_global_batch_is_sharded_over_data_and_fsdp():
     assert batch["x"].shape == (16, 3)
     assert {s.data.shape for s in batch["x"].addressable_shards} == {(2, 3)}
     assert len(jax.devices()) == 8
+
+
+def test_activations_are_constrained_inside_traced_functions():
+    import jax.numpy as jnp
+
+    mesh = parallel.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    f = parallel.traced_on(mesh, lambda x: parallel.constrain(x * 2, ("batch", "act_embed")))
+    text = jax.jit(f).lower(jnp.ones((8, 4))).as_text()
+    assert "sharding_constraint" in text and '{"data", "fsdp"}' in text
+    assert parallel.constrain(jnp.ones(3), ("batch",)).shape == (3,)  # no mesh: a no-op

@@ -7,6 +7,7 @@ state sharded along their `embed` dimension), `tensor` (model parallel over `mlp
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -28,7 +29,33 @@ RULES = (
     ("vocab", "tensor"),
     ("kv", None),
     ("layers", None),
+    ("act_seq", None),
+    ("act_embed", None),
 )
+
+
+def logical_spec(names: Sequence[str | None]) -> P:
+    """The PartitionSpec that `RULES` give to an array with logical axis `names`."""
+    rules = dict(RULES)
+    return P(*(rules[n] if n is not None else None for n in names))
+
+
+def traced_on(mesh: Mesh, fn):
+    """`fn` traced with `mesh` as the abstract mesh, so that `constrain` inside it takes effect."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pins an activation's sharding by logical axis names; a no-op outside a mesh context."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(names))
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int, int]:

@@ -92,7 +92,7 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
         return {"model": nnx.state(model), "opt": nnx.state(opt)}, metrics
 
     return jax.jit(
-        step,
+        parallel.traced_on(mesh, step),
         in_shardings=(state.shardings, parallel.batch_sharding(mesh)),
         out_shardings=(state.shardings, parallel.replicated(mesh)),
         donate_argnums=0,

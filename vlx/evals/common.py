@@ -30,12 +30,14 @@ class EvalContext:
         kind = self.cfg.data.normalize
         gd, batch = self.graphdef, parallel.batch_sharding(self.mesh)
         self._images = jax.jit(
-            lambda st, x: nnx.merge(gd, st).encode_image(normalize(x, kind)),
+            parallel.traced_on(
+                self.mesh, lambda st, x: nnx.merge(gd, st).encode_image(normalize(x, kind))
+            ),
             in_shardings=(self.model_sharding, batch),
             out_shardings=batch,
         )
         self._texts = jax.jit(
-            lambda st, t: nnx.merge(gd, st).encode_text(t),
+            parallel.traced_on(self.mesh, lambda st, t: nnx.merge(gd, st).encode_text(t)),
             in_shardings=(self.model_sharding, batch),
             out_shardings=batch,
         )

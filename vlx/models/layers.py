@@ -15,6 +15,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlx.errors import ConfigError
+from vlx.parallel import constrain
+
+TOKENS = ("batch", "act_seq", "act_embed")
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -159,9 +162,10 @@ class Encoder(nnx.Module):
             self.blocks = nnx.List([Block(spec, rngs=rngs) for _ in range(depth)])
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        apply = lambda block, x: block(x)
+        apply = lambda block, x: constrain(block(x), TOKENS)
         if self.remat != "none":
             apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
+        x = constrain(x, TOKENS)
         if not self.scan:
             for block in self.blocks:
                 x = apply(block, x)
