@@ -2,8 +2,9 @@
 
   vlx train --config configs/demo.py --workdir runs/demo
 
-Ends with zero-shot classification of held-out images into 24 "<colour> <shape>" classes,
-4 of which never appear in training (reported separately as zeroshot/top1_held_out).
+Ends with zero-shot classification of 1,200 held-out test images into 24 "<colour> <shape>"
+classes (zeroshot/top1). 4 of the 24 colour-shape pairs never appear in training; accuracy on
+images of those pairs alone is reported as zeroshot/top1_unseen_pairs.
 """
 
 import ml_collections

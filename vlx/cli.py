@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 
 from vlx.errors import VlxError
 
@@ -14,12 +15,22 @@ def _train(args, overrides: list[str]) -> int:
     from vlx.metrics import Progress
 
     cfg = config.load(args.config, overrides)
-    progress = Progress(cfg.total_steps)
-    summary = train.train(cfg, args.workdir, progress=progress)
-    print(f"finished {summary['step']} steps; metrics in {args.workdir}/metrics.jsonl")
+    t0 = time.perf_counter()
+    summary = train.train(cfg, args.workdir, progress=Progress(cfg.total_steps))
+    minutes, seconds = divmod(int(time.perf_counter() - t0), 60)
+    print(
+        f"finished {summary['step']} steps in {minutes}m{seconds:02d}s; "
+        f"metrics in {args.workdir}/metrics.jsonl"
+    )
+    prefixes = tuple(f"{e.prefix or name}/" for name, e in cfg.evals.items())
     for key, value in summary.items():
-        if key.startswith(tuple(f"{name}/" for name in cfg.evals)) or key == "train/loss":
+        if key == "train/loss" or key.startswith(prefixes):
             print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    for name, e in cfg.evals.items():
+        top1 = summary.get(f"{e.prefix or name}/top1")
+        if e.type == "zeroshot" and top1 is not None:
+            n = summary[f"{e.prefix or name}/num_examples"]
+            print(f"zero-shot top-1 on {n} held-out {e.dataset} images: {top1:.3f}")
     return 0
 
 

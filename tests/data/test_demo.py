@@ -18,7 +18,7 @@ def test_examples_are_deterministic_and_captions_name_the_class():
 def test_held_out_pairs_never_appear_in_training():
     train = demo.DemoSource("train", image_size=16)
     test = demo.DemoSource("test", image_size=16)
-    held = set(train.held_out_labels)
+    held = set(train.unseen_labels)
     assert len(held) == 4
     assert not held & {train[i]["label"] for i in range(2000)}
     assert held <= {test[i]["label"] for i in range(2000)}

@@ -64,8 +64,8 @@ class DemoSource:
         return CLASSES
 
     @property
-    def held_out_labels(self) -> tuple[int, ...]:
-        """Labels of the (colour, shape) pairs the training split never shows."""
+    def unseen_labels(self) -> tuple[int, ...]:
+        """Labels of the held-out (colour, shape) pairs: never shown by the training split."""
         return tuple(i for i, c in enumerate(CLASSES) if c in HELD_OUT) if self.holdout else ()
 
     def __len__(self) -> int:
