@@ -53,6 +53,20 @@ class BlockSpec:
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
+    @classmethod
+    def for_tower(cls, size, tower_cfg, common: dict, *, causal: bool) -> BlockSpec:
+        """The block spec of a tower: its resolved `size`, its config, the shared dtypes."""
+        return cls(
+            width=size.width,
+            mlp_dim=size.mlp_dim,
+            heads=size.heads,
+            act=tower_cfg.act,
+            ln_eps=tower_cfg.ln_eps,
+            causal=causal,
+            dtype=common["dtype"],
+            param_dtype=common["param_dtype"],
+        )
+
     def kw(self, rngs: nnx.Rngs) -> dict:
         return dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
 
@@ -78,6 +92,19 @@ def linear(
         bias_init=sharded(zeros, names[-1]),
         **spec.kw(rngs),
     )
+
+
+def projection(
+    tower_cfg, width: int, embed_dim: int, spec: BlockSpec, rngs: nnx.Rngs, *, where: str
+) -> nnx.Linear | None:
+    """The tower's projection to the shared embedding, or None when `proj` is off."""
+    if tower_cfg.proj:
+        return linear(width, embed_dim, ("embed", None), rngs, spec, bias=tower_cfg.proj_bias)
+    if width != embed_dim:
+        raise ConfigError(
+            f"{where}.proj=False needs the tower width {width} to equal model.embed_dim {embed_dim}"
+        )
+    return None
 
 
 class Attention(nnx.Module):

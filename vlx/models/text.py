@@ -29,16 +29,7 @@ class TextTransformer(nnx.Module):
         size = variants.resolve(cfg, where="model.text")
         if cfg.pool == "eos" and eos_id is None:
             raise ConfigError("model.text.pool='eos' needs a tokenizer with an end-of-text token")
-        spec = layers.BlockSpec(
-            width=size.width,
-            mlp_dim=size.mlp_dim,
-            heads=size.heads,
-            act=cfg.act,
-            ln_eps=cfg.ln_eps,
-            causal=cfg.causal,
-            dtype=common["dtype"],
-            param_dtype=common["param_dtype"],
-        )
+        spec = layers.BlockSpec.for_tower(size, cfg, common, causal=cfg.causal)
         self.pool = cfg.pool
         self.eos_id = eos_id
         self.embed = nnx.Embed(
@@ -56,16 +47,7 @@ class TextTransformer(nnx.Module):
             spec, size.depth, scan=common["scan"], remat=common["remat"], rngs=rngs
         )
         self.ln_final = layers.layer_norm(spec, rngs)
-        if cfg.proj:
-            self.proj = layers.linear(
-                size.width, embed_dim, ("embed", None), rngs, spec, bias=cfg.proj_bias
-            )
-        else:
-            if size.width != embed_dim:
-                raise ConfigError(
-                    f"model.text.proj=False needs width {size.width} == model.embed_dim {embed_dim}"
-                )
-            self.proj = None
+        self.proj = layers.projection(cfg, size.width, embed_dim, spec, rngs, where="model.text")
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens: int [B, L]. Returns unnormalised [B, E]."""

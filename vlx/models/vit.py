@@ -35,16 +35,7 @@ class ViT(nnx.Module):
                 f"model.image.image_size={cfg.image_size} is not a multiple of the patch size "
                 f"{size.patch_size}"
             )
-        spec = layers.BlockSpec(
-            width=size.width,
-            mlp_dim=size.mlp_dim,
-            heads=size.heads,
-            act=cfg.act,
-            ln_eps=cfg.ln_eps,
-            causal=False,
-            dtype=common["dtype"],
-            param_dtype=common["param_dtype"],
-        )
+        spec = layers.BlockSpec.for_tower(size, cfg, common, causal=False)
         self.grid = cfg.image_size // size.patch_size
         self.pool = cfg.pool
         self.dtype = spec.dtype
@@ -80,17 +71,7 @@ class ViT(nnx.Module):
         )
         self.ln_post = layers.layer_norm(spec, rngs)
         self.map_head = layers.MapHead(spec, rngs=rngs) if cfg.pool == "map" else None
-        if cfg.proj:
-            self.proj = layers.linear(
-                size.width, embed_dim, ("embed", None), rngs, spec, bias=cfg.proj_bias
-            )
-        else:
-            if size.width != embed_dim:
-                raise ConfigError(
-                    f"model.image.proj=False needs width {size.width} == model.embed_dim "
-                    f"{embed_dim}"
-                )
-            self.proj = None
+        self.proj = layers.projection(cfg, size.width, embed_dim, spec, rngs, where="model.image")
 
     def __call__(self, images: jax.Array) -> jax.Array:
         """images: float [B, H, W, 3], already normalised. Returns unnormalised [B, E]."""
