@@ -32,7 +32,7 @@ def get_config():
     )
     c.loss = dict(type="softmax")
     c.optim = dict(lr=2e-3, warmup_steps=50, weight_decay=0.05)
-    c.data = dict(source="demo", tokenizer="demo")
+    c.data = dict(source="demo", tokenizer="demo", train_crop="center")
 
     c.evals = dict(
         zeroshot=dict(

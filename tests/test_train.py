@@ -15,7 +15,7 @@ def demo_batch(cfg, n, offset=0):
     src = demo.DemoSource(image_size=cfg.model.image.image_size)
     examples = [src[offset + i] for i in range(n)]
     tokens, _ = load_tokenizer("demo", cfg.model.text.context_length)(
-        [e["caption"] for e in examples]
+        [e["captions"][0] for e in examples]
     )
     return {"image": np.stack([e["image"] for e in examples]), "tokens": tokens}
 

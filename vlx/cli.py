@@ -34,6 +34,78 @@ def _train(args, overrides: list[str]) -> int:
     return 0
 
 
+def _data_build(args, overrides: list[str]) -> int:
+    from tqdm import tqdm
+
+    from vlx.data import build
+
+    options = build.BuildOptions(
+        image_col=args.image_col,
+        caption_col=args.caption_col,
+        label_col=args.label_col,
+        classname_col=args.classname_col,
+        caption_sep=args.caption_sep,
+        shard_size=args.shard_size,
+        workers=args.workers,
+        vocab_size=args.vocab_size,
+        max_bad_fraction=args.max_bad_fraction,
+    )
+    with tqdm(unit="example", file=sys.stderr, mininterval=1.0) as bar:
+
+        def progress(done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+
+        manifest = build.build(args.input, args.out, options, progress=progress)
+    if manifest.get("reused"):
+        print(f"{args.out} is already built from this input with these options; nothing to do")
+    print(
+        f"{args.out}: {manifest['num_examples']} examples, {manifest['num_captions']} captions, "
+        f"{len(manifest['shards'])} shards; skipped {manifest['num_skipped']}"
+        + (f" ({manifest['skipped']})" if manifest["skipped"] else "")
+    )
+    if manifest.get("tokenizer"):
+        print(f"tokenizer: {args.out}/{manifest['tokenizer']} (use --config.data.tokenizer=...)")
+    return 0
+
+
+def _data_inspect(args, overrides: list[str]) -> int:
+    from vlx import config
+    from vlx.data import inspect, sources
+
+    cfg = config.defaults()
+    source = sources.build(args.source, split=args.split, image_size=64, data_cfg=cfg.data)
+    info = inspect.summary(source, num_samples=args.num)
+    for key, value in info.items():
+        if key != "samples":
+            print(f"{key}: {value}")
+    for i, sample in enumerate(info["samples"]):
+        label = f" [label {sample['label']}]" if sample["label"] >= 0 else ""
+        print(f"  {i}:{label} " + " | ".join(sample["captions"]))
+    path = inspect.contact_sheet(source, args.sheet, num=args.num)
+    print(f"contact sheet: {path}")
+    return 0
+
+
+def _bench_data(args, overrides: list[str]) -> int:
+    import json
+
+    from vlx import bench, config
+
+    cfg = config.defaults()
+    result = bench.data_throughput(
+        args.source,
+        cfg.data,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        batches=args.batches,
+        tokenizer=args.tokenizer,
+    )
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlx", description="Train and evaluate image-text dual encoders (CLIP, SigLIP)."
@@ -48,6 +120,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="config file, e.g. configs/demo.py[:arg]")
     p.add_argument("--workdir", required=True, help="directory for metrics, logs, checkpoints")
     p.set_defaults(run=_train)
+
+    data = sub.add_parser("data", help="build and inspect datasets").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = data.add_parser(
+        "build",
+        help="convert a CSV/TSV/JSONL of image paths + captions, or webdataset tar shards, "
+        "into a vlx ArrayRecord dataset",
+    )
+    p.add_argument("input", help="a .csv/.tsv/.jsonl file, or a directory of .tar shards")
+    p.add_argument("--out", required=True, help="output dataset directory")
+    p.add_argument("--image-col", default="image", help="column with image paths")
+    p.add_argument("--caption-col", default="caption", help="column with captions")
+    p.add_argument("--label-col", default=None, help="column with integer labels")
+    p.add_argument("--classname-col", default=None, help="column with class names")
+    p.add_argument("--caption-sep", default=None, help="split captions in one cell on this")
+    p.add_argument("--shard-size", type=int, default=10_000, help="examples per shard")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: one per core)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="BPE tokenizer size (0: none)")
+    p.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=0.5,
+        help="fail when more examples than this are bad",
+    )
+    p.set_defaults(run=_data_build)
+
+    p = data.add_parser("inspect", help="counts, sample captions and a contact sheet")
+    p.add_argument("source", help="a dataset directory, or a source spec such as demo")
+    p.add_argument("--split", default="train", help="split for demo/tfds sources")
+    p.add_argument("--num", type=int, default=16, help="samples to show")
+    p.add_argument("--sheet", default="contact_sheet.png", help="PNG to write")
+    p.set_defaults(run=_data_inspect)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="bench_command", required=True
+    )
+    p = bench.add_parser("data", help="input pipeline images/s")
+    p.add_argument("--source", required=True, help="dataset directory or source spec")
+    p.add_argument("--workers", type=int, default=0, help="Grain worker processes")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batches", type=int, default=20, help="timed batches (after 3 warm-up)")
+    p.add_argument("--tokenizer", default="demo")
+    p.set_defaults(run=_bench_data)
     return parser
 
 

@@ -94,11 +94,16 @@ def defaults() -> ml_collections.ConfigDict:
     )
 
     c.data = dict(
-        source="demo",
-        tokenizer="demo",
+        source="demo",  # demo | arrayrecord:PATH | tfds:NAME[:SPLIT] | SPEC=W,SPEC=W
+        tokenizer="demo",  # demo | a Hugging Face tokenizer directory (or cached name)
         normalize="clip",
-        num_workers=0,
-        prefetch=2,
+        train_crop="random_resized",  # or "center": resize + centre crop, no augmentation
+        crop_scale=(0.9, 1.0),
+        interpolation="bicubic",
+        num_workers=0,  # Grain worker processes; 0 decodes in threads of the main process
+        prefetch=2,  # batches transferred to the devices ahead of the step
+        max_bad_fraction=0.01,  # stop when more examples than this fail to load
+        tfds=dict(data_dir="", image_key="image", text_key="caption", label_key="label"),
         demo=dict(num_examples=1_000_000, holdout=True),
     )
 
@@ -131,8 +136,9 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.type": ("softmax", "sigmoid"),
     "loss.impl": ("gather", "ring"),
     "optim.schedule": ("cosine", "constant"),
-    "data.source": ("demo",),
     "data.normalize": ("clip", "minus_one_to_one"),
+    "data.train_crop": ("random_resized", "center"),
+    "data.interpolation": ("bicubic", "bilinear", "nearest", "lanczos"),
 }
 
 

@@ -11,3 +11,7 @@ class ConfigError(VlxError, ValueError):
 
 class MeshError(VlxError, ValueError):
     """The mesh or the batch does not fit the devices."""
+
+
+class DataError(VlxError, ValueError):
+    """A dataset is missing, not a vlx dataset, or has too many bad examples."""

@@ -15,10 +15,10 @@ import optax
 from flax import nnx
 
 from vlx import evals, losses, optim, parallel
-from vlx.data import pipeline, sources
+from vlx.data import pipeline
 from vlx.data import tokenizer as tokenizer_lib
 from vlx.data.transforms import normalize
-from vlx.errors import ConfigError
+from vlx.errors import ConfigError, DataError
 from vlx.evals.common import EvalContext
 from vlx.metrics import MetricWriter, NullProgress
 from vlx.models.two_tower import TwoTower
@@ -119,6 +119,16 @@ def load_tokenizer(cfg) -> tokenizer_lib.Tokenizer:
     return tok
 
 
+def check_bad_fraction(skipped: int, delivered: int, limit: float, minimum: int = 1000) -> None:
+    """Stops the run when too many examples fail to load (once enough have been seen)."""
+    seen = skipped + delivered
+    if seen >= minimum and skipped > limit * seen:
+        raise DataError(
+            f"{skipped} of {seen} examples failed to load ({skipped / seen:.1%}), more than "
+            f"data.max_bad_fraction={limit}; see the warnings above for the reasons"
+        )
+
+
 def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
     """Runs `cfg` to `cfg.total_steps`, writing metrics to `workdir`; returns the last metrics."""
     progress = progress or NullProgress()
@@ -142,20 +152,16 @@ def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
     compile_sec = time.perf_counter() - t0
     log.info("compiled the train step in %.1fs", compile_sec)
 
-    source = sources.build(
-        cfg.data.source, split="train", image_size=cfg.model.image.image_size, data_cfg=cfg.data
-    )
-    data = iter(
-        pipeline.train_dataset(
-            source,
+    host_batches = iter(
+        pipeline.train_from_config(
+            cfg,
             tok,
             batch_size=local_batch,
-            seed=cfg.seed,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-            num_workers=cfg.data.num_workers,
         )
     )
+    batches = pipeline.to_mesh(host_batches, mesh, ahead=cfg.data.prefetch)
     writer = MetricWriter(workdir)
     writer.write(0, {"train/compile_sec": compile_sec, "train/num_params": n_params})
     # On CPU, many steps in flight over simulated devices can trip XLA's collective rendezvous
@@ -166,15 +172,13 @@ def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
         cfg, mesh, state.graphdefs["model"], arrays["model"], state.shardings["model"], tok
     )
     last: dict[str, float] = {}
-    truncated = 0
+    counts = {"truncated": 0, "skipped": 0}
     t_log, step_log = time.perf_counter(), 0
     try:
         for step in range(1, cfg.total_steps + 1):
-            local = next(data)
-            truncated += int(local.pop("truncated"))
-            batch = parallel.global_batch(
-                {"image": local["image"], "tokens": local["tokens"]}, mesh
-            )
+            batch, extras, _ = next(batches)
+            for key in counts:
+                counts[key] += int(extras.get(key, 0))
             arrays, metrics = step_fn(arrays, batch)
             if block_each_step:
                 jax.block_until_ready(metrics)
@@ -186,7 +190,9 @@ def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
                 t_log, step_log = now, step
                 metrics["train/images_per_sec"] = images_per_sec
                 metrics["train/images_per_sec_per_device"] = images_per_sec / mesh.size
-                metrics["data/truncated"] = truncated
+                metrics["data/truncated"] = counts["truncated"]
+                metrics["data/skipped"] = counts["skipped"]
+                check_bad_fraction(counts["skipped"], step * local_batch, cfg.data.max_bad_fraction)
                 writer.write(step, metrics)
                 progress.update(step, metrics)
                 last.update(metrics)

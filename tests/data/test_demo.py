@@ -7,12 +7,12 @@ def test_examples_are_deterministic_and_captions_name_the_class():
     src = demo.DemoSource(image_size=32)
     a, b = src[123], src[123]
     np.testing.assert_array_equal(a["image"], b["image"])
-    assert a["caption"] == b["caption"]
+    assert a["captions"] == b["captions"]
     assert a["image"].shape == (32, 32, 3) and a["image"].dtype == np.uint8
     for i in range(50):
         ex = src[i]
         color, shape = demo.CLASSES[ex["label"]].split()
-        assert color in ex["caption"] and shape in ex["caption"]
+        assert color in ex["captions"][0] and shape in ex["captions"][0]
 
 
 def test_held_out_pairs_never_appear_in_training():

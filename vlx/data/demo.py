@@ -71,6 +71,9 @@ class DemoSource:
     def __len__(self) -> int:
         return self.num_examples
 
+    def __repr__(self) -> str:
+        return f"demo:{self.split}"
+
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([_SPLIT_SEED[self.split], int(index)])
         allowed = [
@@ -83,7 +86,7 @@ class DemoSource:
         size = SIZES[rng.integers(len(SIZES))]
         position = list(POSITIONS)[rng.integers(len(POSITIONS))]
         image = render(rng, self.image_size, COLORS[color], shape, size, POSITIONS[position])
-        return dict(image=image, caption=caption(rng, color, shape, size, position), label=label)
+        return dict(image=image, captions=[caption(rng, color, shape, size, position)], label=label)
 
 
 def caption(rng: np.random.Generator, color: str, shape: str, size: str, position: str) -> str:

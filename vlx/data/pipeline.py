@@ -1,17 +1,88 @@
-"""Grain pipelines: an endless shuffled training stream, and ordered, padded eval batches."""
+"""Grain pipelines: an endless shuffled training stream, and ordered, padded eval batches.
+
+Training: per source, a seeded global shuffle of indices (a new permutation each epoch) ->
+`LoadExample` (decode, crop, pick a caption; a bad example is replaced by the next good one and
+counted) -> weighted mixture of the sources -> this process's slice -> batch -> tokenise ->
+optional worker processes. Same seed, same batches, whatever the number of workers.
+"""
 
 from __future__ import annotations
 
+import collections
+import itertools
+import logging
 from collections.abc import Iterator
 
 import grain
 import numpy as np
 
+from vlx.data import transforms
 from vlx.data.tokenizer import Tokenizer
+from vlx.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_BAD = 100
+
+
+class LoadExample(grain.transforms.RandomMap):
+    """index -> dict(image uint8 [S, S, 3], caption, label, skipped)."""
+
+    def __init__(
+        self,
+        source,
+        image_size: int,
+        *,
+        train: bool,
+        crop: str = "random_resized",
+        scale: tuple[float, float] = (0.9, 1.0),
+        interpolation: str = "bicubic",
+    ):
+        self.source = source
+        self.size = image_size
+        self.train = train
+        self.crop = crop
+        self.scale = tuple(scale)
+        self.interpolation = interpolation
+
+    def random_map(self, index, rng: np.random.Generator) -> dict:
+        reason = ""
+        for attempt in range(MAX_CONSECUTIVE_BAD):
+            i = (int(index) + attempt) % len(self.source)
+            try:
+                example = self.source[i]
+                captions = [c for c in example["captions"] if c and c.strip()]
+                if not captions:
+                    raise ValueError("empty caption")
+                image = self._image(example["image"], rng)
+            except Exception as e:  # any bad example is skipped, never a crash mid-run
+                reason = f"example {i} of {self.source!r}: {type(e).__name__}: {e}"
+                log.warning("skipped %s", reason)
+                continue
+            caption = captions[rng.integers(len(captions))] if self.train else captions[0]
+            return dict(
+                image=image,
+                caption=caption,
+                label=np.int32(example.get("label", -1)),
+                skipped=np.int32(attempt),
+            )
+        raise DataError(f"{MAX_CONSECUTIVE_BAD} consecutive examples are bad; last: {reason}")
+
+    def _image(self, image, rng) -> np.ndarray:
+        pil = transforms.to_pil(image, self.size)
+        if self.train and self.crop == "random_resized":
+            out = transforms.random_resized_crop(
+                pil, self.size, rng, self.scale, interpolation=self.interpolation
+            )
+        else:
+            out = transforms.resize_center_crop(pil, self.size, self.interpolation)
+        if out.shape != (self.size, self.size, 3):
+            raise ValueError(f"image decoded to shape {out.shape}")
+        return out
 
 
 class TokenizeBatch(grain.transforms.Map):
-    """Turns a batch's captions into token ids; counts truncations in `truncated`."""
+    """Turns a batch's captions into token ids; sums truncations and skips per batch."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
@@ -21,30 +92,99 @@ class TokenizeBatch(grain.transforms.Map):
         tokens, truncated = self.tokenizer([str(c) for c in batch.pop("caption")])
         batch["tokens"] = tokens
         batch["truncated"] = np.int32(truncated)
+        if "skipped" in batch:
+            batch["skipped"] = np.int32(np.sum(batch["skipped"]))
         return batch
 
 
 def train_dataset(
-    source,
+    sources: list,
+    weights: list[float],
     tokenizer: Tokenizer,
     *,
+    image_size: int,
     batch_size: int,
     seed: int,
+    data_cfg=None,
     process_index: int = 0,
     process_count: int = 1,
     num_workers: int = 0,
 ) -> grain.IterDataset:
-    """Globally shuffled (a new permutation each epoch), this process's slice, batched.
-
-    `batch_size` is the per-process batch. Same seed, same batches, whatever `num_workers`.
-    """
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    """This process's endless stream of batches of `batch_size` (the per-process batch)."""
+    crop = dict(
+        crop=data_cfg.train_crop if data_cfg else "random_resized",
+        scale=tuple(data_cfg.crop_scale) if data_cfg else (0.9, 1.0),
+        interpolation=data_cfg.interpolation if data_cfg else "bicubic",
+    )
+    streams = []
+    for k, source in enumerate(sources):
+        ds = grain.MapDataset.range(len(source)).seed(seed + 1000 * k).shuffle().repeat()
+        streams.append(ds.random_map(LoadExample(source, image_size, train=True, **crop)))
+    ds = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, weights)
     ds = ds[process_index::process_count]
     ds = ds.batch(batch_size, drop_remainder=True).map(TokenizeBatch(tokenizer))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     if num_workers > 0:
+        _absl_flags_ready()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return it
+
+
+def _absl_flags_ready() -> None:
+    """Grain's worker processes read absl flags; vlx parses none, so take the defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def train_from_config(
+    cfg, tokenizer: Tokenizer, *, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> grain.IterDataset:
+    """The training stream that `cfg.data` describes (sources, mixture weights, crops)."""
+    from vlx.data import sources as sources_lib
+
+    specs = sources_lib.parse_mixture(cfg.data.source)
+    image_size = cfg.model.image.image_size
+    srcs = [
+        sources_lib.build(spec, split="train", image_size=image_size, data_cfg=cfg.data)
+        for spec, _ in specs
+    ]
+    return train_dataset(
+        srcs,
+        [w for _, w in specs],
+        tokenizer,
+        image_size=image_size,
+        batch_size=batch_size,
+        seed=cfg.seed,
+        data_cfg=cfg.data,
+        process_index=process_index,
+        process_count=process_count,
+        num_workers=cfg.data.num_workers,
+    )
+
+
+def to_mesh(batches: Iterator[dict], mesh, keys=("image", "tokens"), ahead: int = 2):
+    """Yields (global batch of `keys` on the mesh, the rest of the host batch, iterator state).
+
+    Keeps `ahead` batches in flight so that host-to-device copies overlap the step. The state is
+    the host iterator's state right after that batch: restoring it resumes with the next one.
+    """
+    from vlx import parallel
+
+    queue = collections.deque()
+
+    def fetch(n):
+        for local in itertools.islice(batches, n):
+            state = batches.get_state() if hasattr(batches, "get_state") else None
+            extras = {k: v for k, v in local.items() if k not in keys}
+            device = parallel.global_batch({k: local[k] for k in keys}, mesh)
+            queue.append((device, extras, state))
+
+    fetch(ahead)
+    while queue:
+        yield queue.popleft()
+        fetch(1)
 
 
 def eval_batches(
@@ -52,9 +192,11 @@ def eval_batches(
     tokenizer: Tokenizer | None,
     *,
     batch_size: int,
+    image_size: int | None = None,
     num_examples: int | None = None,
     process_index: int = 0,
     process_count: int = 1,
+    interpolation: str = "bicubic",
 ) -> Iterator[dict]:
     """Every example once, in order: full batches, the last one padded and masked.
 
@@ -66,26 +208,28 @@ def eval_batches(
     steps = -(-per_process // batch_size)
     start = process_index * per_process
     stop = min(n, start + per_process)
-    ds = grain.MapDataset.range(start, stop).map(lambda i: source[int(i)])
+    ds = grain.MapDataset.range(start, stop)
+    if image_size is not None:
+        load = LoadExample(source, image_size, train=False, interpolation=interpolation)
+        ds = ds.random_map(load, seed=0)
+    else:
+        ds = ds.map(lambda i: source[int(i)])
     ds = ds.batch(batch_size, drop_remainder=False)
     if tokenizer is not None:
         ds = ds.map(TokenizeBatch(tokenizer))
     batches = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)))
     for _ in range(steps):
-        batch = next(batches, None)
-        yield _pad(batch, batch_size, template=source[0])
+        yield _pad(next(batches, None), batch_size, image_size)
 
 
-def _pad(batch: dict | None, size: int, template: dict) -> dict:
+def _pad(batch: dict | None, size: int, image_size: int | None) -> dict:
     if batch is None:  # this process ran out before the others: an all-padding batch
-        batch = {
-            "image": np.zeros((0, *template["image"].shape), np.uint8),
-            "label": np.zeros((0,), np.int64),
-        }
-    n = len(batch["image"])
+        s = image_size or 1
+        batch = {"image": np.zeros((0, s, s, 3), np.uint8), "label": np.zeros((0,), np.int32)}
+    n = len(batch["label"])
     out = {"mask": np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])}
     for key, value in batch.items():
-        if key == "truncated" or not isinstance(value, np.ndarray) or value.ndim == 0:
+        if not isinstance(value, np.ndarray) or value.ndim == 0:
             continue
         pad = np.zeros((size - n, *value.shape[1:]), value.dtype)
         out[key] = np.concatenate([value, pad])

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import transformers
 from tokenizers import Tokenizer as RawTokenizer
-from tokenizers import models, normalizers, pre_tokenizers, processors
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from vlx.data import demo
 from vlx.errors import ConfigError
@@ -66,6 +66,29 @@ def demo_tokenizer() -> transformers.PreTrainedTokenizerFast:
     )
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=raw, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>"
+    )
+
+
+def train_bpe(texts: list[str], vocab_size: int) -> transformers.PreTrainedTokenizerFast:
+    """A lower-casing byte-level BPE tokenizer trained on `texts`; appends <eos>, pads <pad>.
+
+    Byte-level: any text encodes, nothing is ever unknown."""
+    raw = RawTokenizer(models.BPE())
+    raw.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    raw.train_from_iterator(texts, trainer)
+    raw.post_processor = processors.TemplateProcessing(
+        single="$A <eos>", special_tokens=[("<eos>", raw.token_to_id("<eos>"))]
+    )
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>"
     )
 
 

@@ -83,6 +83,8 @@ class EvalContext:
             source,
             None,
             batch_size=size,
+            image_size=self.cfg.model.image.image_size,
+            interpolation=self.cfg.data.interpolation,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         ):
