@@ -65,8 +65,9 @@ class TfdsSource:
             ) from None
         self.spec = f"tfds:{name}:{split}"
         self.keys = tfds_cfg
-        feature = self._data.dataset_info.features
-        label = feature.get(self.keys.label_key)
+        features = self._data.dataset_info.features
+        # FeaturesDict has no .get
+        label = features[self.keys.label_key] if self.keys.label_key in features else None  # noqa: SIM401
         self.classes = tuple(getattr(label, "names", None) or ())
 
     def __len__(self) -> int:

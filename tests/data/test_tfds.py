@@ -1,0 +1,54 @@
+"""TFDS through `tfds.data_source`, with no TensorFlow installed: the fixture was prepared once
+by tests/data/tfds_builder.py and committed."""
+
+import json
+from pathlib import Path
+
+from vlx import cli, config
+from vlx.data import sources
+
+FIXTURE = Path(__file__).parent / "tfds_fixture"
+
+
+def test_tfds_source_reads_images_captions_and_class_names():
+    cfg = config.defaults()
+    cfg.data.tfds.data_dir = str(FIXTURE)
+    source = sources.build(
+        "tfds:vlx_tiny_captions:train", split="x", image_size=32, data_cfg=cfg.data
+    )
+    assert len(source) == 12 and source.classes == ("red", "green", "blue")
+    example = source[0]
+    assert example["image"].shape == (32, 32, 3)
+    name = source.classes[example["label"]]
+    assert example["captions"][0].startswith(f"a {name} square")
+    cfg.data.tfds.text_key = ""  # no captions: the class name is the caption
+    test = sources.build("tfds:vlx_tiny_captions:test", split="x", image_size=32, data_cfg=cfg.data)
+    for i in range(len(test)):
+        assert test[i]["captions"] == [test.classes[test[i]["label"]]]
+
+
+def test_train_and_zeroshot_on_tfds(tmp_path):
+    workdir = tmp_path / "run"
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            "configs/demo.py",
+            "--workdir",
+            str(workdir),
+            "--config.data.source=tfds:vlx_tiny_captions:train",
+            f"--config.data.tfds.data_dir={FIXTURE}",
+            "--config.data.tokenizer=demo",
+            "--config.total_steps=2",
+            "--config.log_every=1",
+            "--config.batch_size=8",
+            "--config.evals.zeroshot.dataset=tfds:vlx_tiny_captions:test",
+            "--config.evals.zeroshot.templates=simple",
+            "--config.evals.zeroshot.every_steps=0",
+        ]
+    )
+    assert code == 0
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["zeroshot/num_examples"] == 6
+    train_records = [r for r in records if "train/loss" in r]
+    assert len(train_records) == 2 and train_records[-1]["data/skipped"] == 0
