@@ -16,6 +16,11 @@ def test_recipe_configs_load():
         assert cfg.model.image.variant
 
 
+def test_config_argument_may_be_a_path(tmp_path):
+    cfg = config.load(f"configs/small.py:{tmp_path}/my:data")
+    assert cfg.data.source == f"arrayrecord:{tmp_path}/my:data"
+
+
 def test_overrides_are_typed():
     cfg = config.load(
         "configs/demo.py",
@@ -29,6 +34,12 @@ def test_overrides_are_typed():
     )
     assert cfg.batch_size == 64 and cfg.optim.lr == 1e-3 and cfg.model.scan is False
     assert cfg.model.image.pool == "gap" and cfg.evals.zeroshot.every_steps == 7
+
+
+def test_evaluators_can_be_replaced_or_removed():
+    assert not config.load("configs/demo.py", ["--config.evals={}"]).evals
+    cfg = config.load("configs/demo.py", ["--config.evals={'zs': {'type': 'zeroshot'}}"])
+    assert list(cfg.evals) == ["zs"] and cfg.evals.zs.templates == "demo"
 
 
 def test_unknown_override_names_closest_keys():

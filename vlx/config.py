@@ -144,10 +144,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
 
 def load(path: str | Path, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
     """Loads `path` (optionally `path:arg`), applies `--config.KEY=VALUE` overrides, validates."""
-    path = str(path)
-    arg = None
-    if ":" in Path(path).name:
-        path, arg = path.rsplit(":", 1)
+    path, sep, arg = str(path).partition(".py:")
+    path, arg = (path + ".py", arg) if sep else (path, None)
     if not Path(path).is_file():
         raise ConfigError(f"config file {path} does not exist")
     spec = importlib.util.spec_from_file_location(f"vlx_config_{Path(path).stem}", path)
@@ -239,6 +237,14 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
     if "=" not in text:
         raise ConfigError(f"override {item!r} must look like --config.KEY=VALUE")
     name, raw = text.split("=", 1)
+    if name == "evals":  # replace the evaluators, e.g. --config.evals={} runs none
+        evals = _parse_value(raw, {})
+        if not isinstance(evals, dict):
+            raise ConfigError("--config.evals takes a dict of evaluators, e.g. {} for none")
+        with cfg.unlocked():
+            cfg.evals = ml_collections.ConfigDict()
+        _merge_evals(cfg, evals, where="override")
+        return
     parts = name.split(".")
     node = cfg
     for part in parts[:-1]:

@@ -74,6 +74,51 @@ def test_webdataset_tars(tmp_path):
     source = records.ArrayRecordSource(tmp_path / "ds")
     captions = {c for i in range(len(source)) for c in source[i]["captions"]}
     assert "green from json" in captions and "a red tile 00000000" in captions
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            f"configs/small.py:{tmp_path / 'ds'}",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--config.data.tokenizer=demo",
+            "--config.model.text.vocab_size=64",
+            "--config.total_steps=2",
+            "--config.batch_size=8",
+            "--config.data.num_workers=0",
+            "--config.model.image.depth=1",
+            "--config.model.text.depth=1",
+            "--config.evals={}",
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_zeroshot_without_class_names_is_a_one_line_error(tmp_path, capsys):
+    build.build(
+        fixtures.write_tars(tmp_path / "tars"),
+        tmp_path / "ds",
+        build.BuildOptions(vocab_size=0, workers=1),
+    )
+    code = cli.main(
+        [
+            "train",
+            "--config",
+            f"configs/small.py:{tmp_path / 'ds'}",
+            "--workdir",
+            str(tmp_path / "run"),
+            "--config.data.tokenizer=demo",
+            "--config.model.text.vocab_size=64",
+            "--config.total_steps=1",
+            "--config.batch_size=8",
+            "--config.data.num_workers=0",
+            "--config.model.image.depth=1",
+            "--config.model.text.depth=1",
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "zero-shot needs class names" in err
 
 
 def test_not_a_dataset_is_a_one_line_error(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vlx.data import demo
+from vlx.errors import DataError
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "demo": demo.TEMPLATES,
@@ -33,6 +34,11 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
 
 def run(eval_cfg, context, *, name: str) -> dict[str, float]:
     source = context.source(eval_cfg)
+    if not getattr(source, "classes", ()):
+        raise DataError(
+            f"evals.{name}: zero-shot needs class names, and {eval_cfg.dataset} has none "
+            "(build it with --classname-col, or use a labelled TFDS dataset)"
+        )
     weights = classifier(context.embed_texts, source.classes, TEMPLATE_SETS[eval_cfg.templates])
     images, labels = context.image_embeddings(source, eval_cfg.batch_size)
     logits = images @ weights.T
