@@ -17,7 +17,9 @@ def test_tfds_source_reads_images_captions_and_class_names():
         "tfds:vlx_tiny_captions:train", split="x", image_size=32, data_cfg=cfg.data
     )
     assert len(source) == 12 and source.classes == ("red", "green", "blue")
-    example = source[0]
+    captions = [source[i]["captions"][0] for i in range(12)]
+    assert captions.count("") == 1  # the planted bad sample
+    example = next(source[i] for i in range(12) if source[i]["captions"][0])
     assert example["image"].shape == (32, 32, 3)
     name = source.classes[example["label"]]
     assert example["captions"][0].startswith(f"a {name} square")
@@ -51,4 +53,5 @@ def test_train_and_zeroshot_on_tfds(tmp_path):
     records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["zeroshot/num_examples"] == 6
     train_records = [r for r in records if "train/loss" in r]
-    assert len(train_records) == 2 and train_records[-1]["data/skipped"] == 0
+    # 16 examples drawn from 12: the empty-caption one was met, skipped and counted.
+    assert len(train_records) == 2 and train_records[-1]["data/skipped"] >= 1

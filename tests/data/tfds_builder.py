@@ -16,7 +16,8 @@ COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
 
 
 class VlxTinyCaptions(tfds.core.GeneratorBasedBuilder):
-    """12 coloured 32x32 images with captions and colour labels, in two splits."""
+    """Coloured 32x32 images with captions and colour labels: 12 for train (the last with an
+    empty caption, a bad sample the pipeline must skip and count), 6 for test."""
 
     VERSION = tfds.core.Version("1.0.0")
 
@@ -46,7 +47,9 @@ class VlxTinyCaptions(tfds.core.GeneratorBasedBuilder):
                 i,
                 {
                     "image": image.astype(np.uint8),
-                    "caption": f"a {names[label]} square number {i}",
+                    "caption": ""
+                    if (seed == 0 and i == n - 1)
+                    else f"a {names[label]} square number {i}",
                     "label": label,
                 },
             )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vlx.data import records, transforms
+from vlx.data import transforms
 
 
 def summary(source, num_samples: int = 8) -> dict:
@@ -57,6 +57,3 @@ def contact_sheet(source, path: str | Path, num: int = 16, thumb: int = 160) -> 
     path = Path(path)
     sheet.save(path)
     return path
-
-
-__all__ = ["summary", "contact_sheet", "records"]
