@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
 
 from vlx.errors import VlxError
@@ -16,8 +18,19 @@ def _train(args, overrides: list[str]) -> int:
 
     cfg = config.load(args.config, overrides)
     t0 = time.perf_counter()
-    summary = train.train(cfg, args.workdir, progress=Progress(cfg.total_steps))
+    stop, previous = _stop_on_signals()
+    try:
+        summary = train.train(cfg, args.workdir, progress=Progress(cfg.total_steps), stop=stop)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     minutes, seconds = divmod(int(time.perf_counter() - t0), 60)
+    if "stopped" in summary:
+        print(
+            f"vlx: stopped at step {summary['stopped']}; checkpoint saved in "
+            f"{args.workdir}/checkpoints; run the same command to resume"
+        )
+        return 0
     print(
         f"finished {summary['step']} steps in {minutes}m{seconds:02d}s; "
         f"metrics in {args.workdir}/metrics.jsonl"
@@ -104,6 +117,23 @@ def _bench_data(args, overrides: list[str]) -> int:
     )
     print(json.dumps(result))
     return 0
+
+
+def _stop_on_signals() -> tuple[threading.Event, dict]:
+    """SIGTERM or SIGINT: finish the current step, save, exit 0. A second SIGINT aborts."""
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(
+            "\nvlx: stopping after this step and saving a checkpoint (Ctrl-C again to abort)",
+            file=sys.stderr,
+        )
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    return stop, previous
 
 
 def build_parser() -> argparse.ArgumentParser:

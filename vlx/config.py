@@ -47,6 +47,15 @@ def defaults() -> ml_collections.ConfigDict:
 
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
 
+    c.checkpoint = dict(
+        every_steps=1000,  # also at the end, and when stopped by SIGTERM/SIGINT
+        keep=3,  # the last N checkpoints
+        keep_every=0,  # also keep every checkpoint at a multiple of this step forever (0: none)
+        async_save=True,
+    )
+    c.init_from = ""  # weights only, from a workdir or checkpoint directory; starts at step 0
+    c.skip_nonfinite = False  # skip (and count) updates whose loss is not finite, else stop
+
     image = _tower_defaults()
     image.update(
         variant="B/16",

@@ -15,3 +15,11 @@ class MeshError(VlxError, ValueError):
 
 class DataError(VlxError, ValueError):
     """A dataset is missing, not a vlx dataset, or has too many bad examples."""
+
+
+class CheckpointError(VlxError, ValueError):
+    """A checkpoint is missing, or was written for a different model."""
+
+
+class TrainingError(VlxError, RuntimeError):
+    """Training cannot go on (for example, the loss is no longer finite)."""

@@ -24,10 +24,17 @@ def _plain(value):
 class MetricWriter:
     """Appends metrics to `metrics.jsonl` and TensorBoard event files in `workdir`."""
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, truncate_after: int | None = None):
+        """`truncate_after=N` first drops records of steps after N: a run resumed from the
+        checkpoint of step N rewrites them, so the file reads as one uninterrupted run."""
         self.enabled = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
         self._tb = None
+        if self.enabled and truncate_after is not None and self.path.exists():
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= truncate_after]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp.replace(self.path)
         if self.enabled:
             from tensorboardX import SummaryWriter
 

@@ -14,11 +14,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from vlx import checkpoint as checkpoint_lib
 from vlx import evals, losses, optim, parallel
+from vlx.checkpoint import Checkpointer
 from vlx.data import pipeline
 from vlx.data import tokenizer as tokenizer_lib
 from vlx.data.transforms import normalize
-from vlx.errors import ConfigError, DataError
+from vlx.errors import CheckpointError, ConfigError, DataError, TrainingError
 from vlx.evals.common import EvalContext
 from vlx.metrics import MetricWriter, NullProgress
 from vlx.models.two_tower import TwoTower
@@ -81,7 +83,12 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
         opt.update(model, grads)
         # As open_clip does: the stored log-scale never leaves [0, max], so it can come back down.
         model.logit_scale[...] = jnp.clip(model.logit_scale[...], 0.0, max_scale)
+        new = {"model": nnx.state(model), "opt": nnx.state(opt)}
+        finite = jnp.isfinite(loss)
+        if cfg.skip_nonfinite:
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, arrays)
         metrics.update(
+            nonfinite=1.0 - finite.astype(jnp.float32),
             loss=loss,
             temperature=1.0 / scale,
             logit_scale=scale,
@@ -89,7 +96,7 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
             grad_norm=optax.tree.norm(grads),
             lr=lr,
         )
-        return {"model": nnx.state(model), "opt": nnx.state(opt)}, metrics
+        return new, metrics
 
     return jax.jit(
         parallel.traced_on(mesh, step),
@@ -129,8 +136,13 @@ def check_bad_fraction(skipped: int, delivered: int, limit: float, minimum: int 
         )
 
 
-def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
-    """Runs `cfg` to `cfg.total_steps`, writing metrics to `workdir`; returns the last metrics."""
+def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float]:
+    """Runs `cfg` to `cfg.total_steps`, writing metrics and checkpoints to `workdir`.
+
+    Resumes from the latest complete checkpoint in `workdir`, if any. `stop` (anything with
+    `is_set()`, e.g. a threading.Event set by a signal handler) ends the run after the current
+    step with a checkpoint. Returns the last metrics (with `stopped` when stopped early).
+    """
     progress = progress or NullProgress()
     workdir = Path(workdir)
     mesh = parallel.make_mesh(cfg.mesh)
@@ -143,12 +155,13 @@ def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
 
     tx, lr_schedule = optim.make(cfg.optim, cfg.total_steps)
     state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=tx)
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(state.arrays["model"], nnx.Param)))
+    arrays, start, data_state = restore_or_init(cfg, workdir, state)
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(arrays["model"], nnx.Param)))
     log.info("model: %.2fM parameters; mesh %s", n_params / 1e6, dict(mesh.shape))
 
     t0 = time.perf_counter()
     step_fn = make_train_step(cfg, mesh, state, lr_schedule)
-    step_fn = step_fn.lower(state.arrays, abstract_batch(cfg, mesh)).compile()
+    step_fn = step_fn.lower(arrays, abstract_batch(cfg, mesh)).compile()
     compile_sec = time.perf_counter() - t0
     log.info("compiled the train step in %.1fs", compile_sec)
 
@@ -161,30 +174,43 @@ def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
             process_count=jax.process_count(),
         )
     )
+    counts = {"truncated": 0, "skipped": 0}
+    if data_state:
+        host_batches.set_state(data_state["iterator"])
+        counts.update(data_state["counts"])
     batches = pipeline.to_mesh(host_batches, mesh, ahead=cfg.data.prefetch)
-    writer = MetricWriter(workdir)
-    writer.write(0, {"train/compile_sec": compile_sec, "train/num_params": n_params})
+    writer = MetricWriter(workdir, truncate_after=start if start else -1)
+    if start == 0:
+        writer.write(0, {"train/compile_sec": compile_sec, "train/num_params": n_params})
+    ckpt = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     # On CPU, many steps in flight over simulated devices can trip XLA's collective rendezvous
     # timeout; CPU execution is synchronous in practice, so waiting costs nothing there.
     block_each_step = jax.default_backend() == "cpu"
-    arrays = state.arrays
     context = EvalContext(
         cfg, mesh, state.graphdefs["model"], arrays["model"], state.shardings["model"], tok
     )
     last: dict[str, float] = {}
-    counts = {"truncated": 0, "skipped": 0}
-    t_log, step_log = time.perf_counter(), 0
+    nonfinite = 0.0
+    t_log, step_log = time.perf_counter(), start
+    step = start
     try:
-        for step in range(1, cfg.total_steps + 1):
-            batch, extras, _ = next(batches)
+        for step in range(start + 1, cfg.total_steps + 1):
+            batch, extras, iterator_state = next(batches)
             for key in counts:
                 counts[key] += int(extras.get(key, 0))
             arrays, metrics = step_fn(arrays, batch)
             if block_each_step:
                 jax.block_until_ready(metrics)
             progress.update(step)
+            stopping = stop is not None and stop.is_set()
+            saving = step % cfg.checkpoint.every_steps == 0 or step == cfg.total_steps or stopping
+            if step % cfg.log_every == 0 or saving:
+                host = jax.device_get(metrics)
+                nonfinite += float(host["nonfinite"])
+                if not cfg.skip_nonfinite and host["nonfinite"]:
+                    raise TrainingError(nonfinite_message(step, ckpt))
             if step % cfg.log_every == 0 or step == cfg.total_steps:
-                metrics = {f"train/{k}": float(v) for k, v in jax.device_get(metrics).items()}
+                metrics = {f"train/{k}": float(v) for k, v in host.items() if k != "nonfinite"}
                 now = time.perf_counter()
                 images_per_sec = (step - step_log) * cfg.batch_size / (now - t_log)
                 t_log, step_log = now, step
@@ -192,6 +218,8 @@ def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
                 metrics["train/images_per_sec_per_device"] = images_per_sec / mesh.size
                 metrics["data/truncated"] = counts["truncated"]
                 metrics["data/skipped"] = counts["skipped"]
+                if cfg.skip_nonfinite:
+                    metrics["train/skipped_updates"] = nonfinite
                 check_bad_fraction(counts["skipped"], step * local_batch, cfg.data.max_bad_fraction)
                 writer.write(step, metrics)
                 progress.update(step, metrics)
@@ -205,10 +233,61 @@ def train(cfg, workdir: str | Path, progress=None) -> dict[str, float]:
                 )
                 last.update(results)
                 t_log = time.perf_counter()
+            if saving:
+                data = {"iterator": iterator_state, "counts": dict(counts)}
+                blocked = ckpt.save(step, arrays, data, cfg)
+                writer.write(step, {"checkpoint/blocking_sec": blocked})
+            if stopping:
+                last["stopped"] = step
+                break
     finally:
+        ckpt.close()
         writer.close()
         progress.close()
-    summary = {"step": cfg.total_steps, **last}
+    summary = {"step": step, **last}
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def restore_or_init(cfg, workdir: Path, state: TrainState) -> tuple[dict, int, dict | None]:
+    """(arrays, first step, data state): the latest checkpoint in `workdir` if there is one,
+    else `cfg.init_from`'s weights (at step 0), else the freshly initialised state."""
+    ckpt_dir = workdir / "checkpoints"
+    if ckpt_dir.is_dir():
+        ckpt = Checkpointer(ckpt_dir, read_only=True)
+        step = ckpt.latest_step()
+        if step is not None:
+            refuse_other_model(ckpt, step, cfg)
+            arrays, data_state = ckpt.restore(step, state.arrays)
+            log.info("resuming from the checkpoint of step %d in %s", step, ckpt_dir)
+            return arrays, step, data_state
+    if cfg.init_from:
+        ckpt, step = checkpoint_lib.find(cfg.init_from)
+        arrays, _ = ckpt.restore(step, state.arrays, only=("model",))
+        log.info("initialised the model from %s (step %d); starting at step 0", cfg.init_from, step)
+        return arrays, 0, None
+    return state.arrays, 0, None
+
+
+def refuse_other_model(ckpt: Checkpointer, step: int, cfg) -> None:
+    differences = checkpoint_lib.model_config_differences(ckpt.saved_config(step), cfg)
+    if differences:
+        raise CheckpointError(
+            f"{ckpt.directory / str(step)} was written for a different model: "
+            + "; ".join(differences)
+            + ". Use another --workdir, or --config.init_from to start from its weights"
+        )
+
+
+def nonfinite_message(step: int, ckpt: Checkpointer) -> str:
+    good = ckpt.latest_step()
+    where = (
+        f"the last good checkpoint is step {good} in {ckpt.directory}"
+        if good is not None
+        else "no checkpoint was saved yet"
+    )
+    return (
+        f"the loss is not finite at step {step}; {where}. Lower optim.lr or set "
+        "--config.skip_nonfinite=true to skip such updates"
+    )

@@ -193,7 +193,7 @@ def test_cli_build_inspect_and_train(tmp_path, capsys):
     assert code == 0
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "train/loss" in r] == [1, 2, 3]
-    assert lines[-1]["zeroshot/num_examples"] == 24
+    assert next(r for r in lines if "zeroshot/top1" in r)["zeroshot/num_examples"] == 24
 
 
 def test_corrupt_records_are_skipped_and_counted_while_training(tmp_path):

@@ -1,0 +1,227 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.helpers import tiny_config
+from vlx import checkpoint, train
+from vlx.errors import CheckpointError, TrainingError
+
+
+def config(**updates):
+    base = dict(total_steps=8, log_every=1, checkpoint=dict(every_steps=3), evals={})
+    for key, value in updates.items():
+        base[key] = value if not isinstance(value, dict) else {**base.get(key, {}), **value}
+    return tiny_config(**base)
+
+
+def losses(workdir):
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["train/loss"]) for r in map(json.loads, lines) if "train/loss" in r]
+
+
+def final_params(workdir):
+    mngr, step = checkpoint.find(workdir)
+    return step, mngr.load_arrays(step)["model"]
+
+
+class StopAt:
+    """Stands in for the signal handler's Event: set once `step` steps have run."""
+
+    def __init__(self, step):
+        self.step, self.calls = step, 0
+
+    def is_set(self):
+        self.calls += 1
+        return self.calls >= self.step
+
+
+def test_stopped_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
+    cfg = config()
+    train.train(cfg, tmp_path / "a")
+    summary = train.train(cfg, tmp_path / "b", stop=StopAt(4))
+    assert summary["stopped"] == 4
+    assert [s for s, _ in losses(tmp_path / "b")] == [1, 2, 3, 4]
+    train.train(cfg, tmp_path / "b")  # resumes from step 4
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")  # exact, including data order
+    (sa, pa), (sb, pb) = final_params(tmp_path / "a"), final_params(tmp_path / "b")
+    assert sa == sb == 8
+    jax.tree.map(np.testing.assert_array_equal, pa, pb)
+
+
+def test_checkpoint_restores_onto_another_mesh(tmp_path):
+    """Written with parameters sharded over fsdp=8, continued with data=8 (replicated).
+
+    lr 1e-3: Adam turns float noise in zero-gradient parameters into lr * noise / eps, and
+    the two meshes reduce in different orders."""
+    fsdp = config(total_steps=5, mesh=dict(data=1, fsdp=8), optim=dict(lr=1e-3))
+    data = config(total_steps=5, mesh=dict(data=8, fsdp=1), optim=dict(lr=1e-3))
+    assert train.train(fsdp, tmp_path / "run", stop=StopAt(3))["stopped"] == 3
+    assert train.train(data, tmp_path / "run")["step"] == 5
+    assert [s for s, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5]
+    train.train(data, tmp_path / "ref")
+    np.testing.assert_allclose(
+        [v for _, v in losses(tmp_path / "run")],
+        [v for _, v in losses(tmp_path / "ref")],
+        rtol=1e-5,
+    )
+
+
+def test_other_model_is_refused_by_name(tmp_path):
+    train.train(config(total_steps=2), tmp_path / "run")
+    wider = config(total_steps=4, model=dict(text=dict(width=48)))
+    with pytest.raises(CheckpointError, match=r"model\.text\.width: checkpoint 32 vs config 48"):
+        train.train(wider, tmp_path / "run")
+
+
+def test_init_from_loads_weights_only_and_starts_at_step_zero(tmp_path):
+    train.train(config(total_steps=3), tmp_path / "pre")
+    cfg = config(total_steps=1, init_from=str(tmp_path / "pre"), optim=dict(lr=0.0))
+    train.train(cfg, tmp_path / "ft")
+    (s_pre, pre), (s_ft, ft) = final_params(tmp_path / "pre"), final_params(tmp_path / "ft")
+    assert (s_pre, s_ft) == (3, 1)
+    jax.tree.map(np.testing.assert_array_equal, pre, ft)  # lr 0: the weights are the loaded ones
+    mismatched = config(total_steps=1, init_from=str(tmp_path / "pre"), model=dict(embed_dim=8))
+    with pytest.raises(CheckpointError, match=r"does not match the model and optimizer .*proj"):
+        train.train(mismatched, tmp_path / "ft2")
+
+
+def test_nonfinite_loss_stops_or_is_skipped(tmp_path):
+    assert train.train(config(), tmp_path / "run", stop=StopAt(3))["stopped"] == 3
+    blowup = config(optim=dict(lr=1e30))  # resumed with a fatal learning rate
+    with pytest.raises(
+        TrainingError,
+        match=r"loss is not finite at step \d; the last good "
+        r"checkpoint is step 3 in .*skip_nonfinite",
+    ):
+        train.train(blowup, tmp_path / "run")
+    poisoned = config(total_steps=4, skip_nonfinite=True, model=dict(logit_scale_init=np.nan))
+    summary = train.train(poisoned, tmp_path / "skip")
+    assert summary["train/skipped_updates"] == 4  # every update skipped, none applied
+
+
+def run_cli(workdir, steps, *extra):
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vlx.cli",
+            "train",
+            "--config",
+            "configs/demo.py",
+            "--workdir",
+            str(workdir),
+            f"--config.total_steps={steps}",
+            "--config.log_every=1",
+            "--config.checkpoint.every_steps=4",
+            "--config.evals={}",
+            "--config.batch_size=32",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_step(workdir, step, proc, timeout=120):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        path = workdir / "metrics.jsonl"
+        if path.exists() and any(s >= step for s, _ in losses(workdir)):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"step {step} never came")
+
+
+def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    steps = 24
+    ref = run_cli(tmp_path / "ref", steps)
+    assert ref.wait(timeout=300) == 0, ref.communicate()
+
+    run = tmp_path / "run"
+    proc = run_cli(run, steps)
+    wait_for_step(run, 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "stopped at step" in out and "run the same command to resume" in out
+
+    proc = run_cli(run, steps)
+    wait_for_step(run, 14, proc)
+    os.kill(proc.pid, signal.SIGKILL)  # whatever it was doing, a save included
+    proc.wait()
+
+    proc = run_cli(run, steps)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert losses(run) == losses(tmp_path / "ref")
+    (s1, p1), (s2, p2) = final_params(run), final_params(tmp_path / "ref")
+    assert s1 == s2 == steps
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+    assert isinstance(nnx, object)
+
+
+def test_interrupted_save_never_hides_the_last_good_checkpoint(tmp_path):
+    """What `kill -9` during a save leaves: Orbax's temporary directory, never renamed."""
+    cfg = config(total_steps=8)
+    train.train(cfg, tmp_path / "run", stop=StopAt(3))
+    partial = tmp_path / "run" / "checkpoints" / "6.orbax-checkpoint-tmp-1234567"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "garbage").write_bytes(b"\x00" * 100)
+    mngr, step = checkpoint.find(tmp_path / "run")
+    assert step == 3
+    train.train(cfg, tmp_path / "run")
+    train.train(cfg, tmp_path / "ref")
+    assert losses(tmp_path / "run") == losses(tmp_path / "ref")
+
+
+def test_keeps_the_last_n_and_every_mth_forever(tmp_path):
+    cfg = config(total_steps=8, checkpoint=dict(every_steps=1, keep=2, keep_every=4))
+    train.train(cfg, tmp_path / "run")
+    mngr, _ = checkpoint.find(tmp_path / "run")
+    assert sorted(mngr.manager.all_steps()) == [4, 7, 8]
+    blocked = [
+        r
+        for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+        if "checkpoint/blocking_sec" in r
+    ]
+    assert len(blocked) == 8 and all(r["checkpoint/blocking_sec"] < 30 for r in blocked)
+
+
+def test_eight_device_checkpoint_continues_on_four_devices(tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(run, 4).wait(timeout=300) == 0  # 8 devices (the tests' default)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vlx.cli",
+            "train",
+            "--config",
+            "configs/demo.py",
+            "--workdir",
+            str(run),
+            "--config.total_steps=8",
+            "--config.log_every=1",
+            "--config.checkpoint.every_steps=4",
+            "--config.evals={}",
+            "--config.batch_size=32",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resuming from the checkpoint of step 4" in proc.stderr
+    assert [s for s, _ in losses(run)] == list(range(1, 9))

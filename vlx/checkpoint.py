@@ -1,0 +1,188 @@
+"""Orbax checkpoints in `WORKDIR/checkpoints/<step>/`: train state, data position, config.
+
+- `state`: model and optimizer arrays as NNX pure dicts; restored directly into the shardings of
+  whatever mesh the run uses now (a checkpoint from 8 devices restores onto 4, fsdp onto data).
+- `data`: the Grain iterator state right after the step's batch, and the data counters, so the
+  resumed run reads exactly the batches the uninterrupted run would have read.
+- `config`: the config that wrote it; a model that does not match is refused by name.
+
+Saves are asynchronous: the step loop waits only for the device-to-host copy. Orbax writes each
+checkpoint under a temporary name and renames it when complete, so a process killed mid-save
+leaves the previous checkpoint as the latest complete one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from vlx.errors import CheckpointError
+
+
+def _pure(arrays: dict) -> dict:
+    return {name: nnx.to_pure_dict(state) for name, state in arrays.items()}
+
+
+def _abstract(arrays: dict) -> dict:
+    """ShapeDtypeStructs carrying each leaf's target sharding."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), _pure(arrays)
+    )
+
+
+class Checkpointer:
+    def __init__(self, directory: str | Path, ckpt_cfg=None, *, read_only: bool = False):
+        directory = Path(directory).absolute()
+        if not read_only:
+            directory.mkdir(parents=True, exist_ok=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=ckpt_cfg.keep if ckpt_cfg else None,
+            keep_period=(ckpt_cfg.keep_every or None) if ckpt_cfg else None,
+            enable_async_checkpointing=bool(ckpt_cfg.async_save) if ckpt_cfg else False,
+            cleanup_tmp_directories=not read_only,
+            create=not read_only,
+            read_only=read_only,
+        )
+        self.directory = directory
+        handlers = {
+            "state": ocp.PyTreeCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+            "config": ocp.JsonCheckpointHandler(),
+        }
+        self.manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, arrays: dict, data: dict, cfg) -> float:
+        """Starts saving `step`; returns the seconds the caller was blocked."""
+        t0 = time.perf_counter()
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(_pure(arrays)),
+                data=ocp.args.JsonSave(data),
+                config=ocp.args.JsonSave(cfg.to_dict()),
+            ),
+            force=True,
+        )
+        return time.perf_counter() - t0
+
+    def saved_config(self, step: int) -> ml_collections.ConfigDict:
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
+        return ml_collections.ConfigDict(restored["config"])
+
+    def restore(self, step: int, arrays: dict, *, only: tuple[str, ...] | None = None):
+        """Restores `step` into the shapes and shardings of `arrays` (real or abstract).
+
+        Returns (arrays, data state). `only=('model',)` restores the model and keeps the rest of
+        `arrays` as given (fine-tuning starts).
+        """
+        check_shapes(
+            self.manager.item_metadata(step)["state"], arrays, self.directory / str(step), only=only
+        )
+        target = _abstract({k: v for k, v in arrays.items() if only is None or k in only})
+        state_args = ocp.args.PyTreeRestore(
+            target,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=only is not None,
+        )
+        items = {"state": state_args}
+        if only is None:
+            items["data"] = ocp.args.JsonRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        out = dict(arrays)
+        for name, pure in restored["state"].items():
+            state = jax.tree.map(lambda x: x, arrays[name])
+            nnx.replace_by_pure_dict(state, pure)
+            out[name] = state
+        return out, (restored["data"] if not only else None)
+
+    def load_arrays(self, step: int) -> dict:
+        """The saved state of `step` as nested dicts of host arrays (no model needed)."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore())
+        )
+        return jax.device_get(restored["state"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def check_shapes(metadata, arrays: dict, where, *, only=None) -> None:
+    """Raises CheckpointError listing every parameter whose shape differs (or is missing)."""
+    want = {
+        _path(path): tuple(x.shape)
+        for path, x in jax.tree_util.tree_flatten_with_path(_pure(arrays))[0]
+        if only is None or path[0].key in only
+    }
+    have = {
+        _path(path): tuple(getattr(x, "shape", ()))
+        for path, x in jax.tree_util.tree_flatten_with_path(dict(metadata))[0]
+    }
+    problems = [
+        f"{k}: checkpoint {have.get(k, 'missing')} vs model {v}"
+        for k, v in want.items()
+        if have.get(k) != v
+    ]
+    if problems:
+        shown = "; ".join(problems[:6]) + (
+            f"; and {len(problems) - 6} more" if len(problems) > 6 else ""
+        )
+        raise CheckpointError(
+            f"checkpoint {where} does not match the model and optimizer of this run "
+            f"({len(problems)} arrays): {shown}"
+        )
+
+
+def _path(path) -> str:
+    """'opt/opt_state/1/0/mu/...': the same string for a list index and its stored dict key."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def model_config_differences(saved, current) -> list[str]:
+    """'model.x: checkpoint A vs config B' for every model setting that differs."""
+
+    def flat(node, prefix="model"):
+        out = {}
+        for key, value in dict(node).items():
+            if isinstance(value, dict | ml_collections.ConfigDict):
+                out.update(flat(value, f"{prefix}.{key}"))
+            else:
+                out[f"{prefix}.{key}"] = value
+        return out
+
+    a, b = flat(saved.model.to_dict()), flat(current.model.to_dict())
+    return [
+        f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if _norm(a.get(k)) != _norm(b.get(k))
+    ]
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def find(path: str | Path) -> tuple[Checkpointer, int]:
+    """A workdir, its `checkpoints/` directory, or one step's directory -> (manager, step)."""
+    path = Path(path)
+    candidates = [(path / "checkpoints", None), (path, None), (path.parent, path.name)]
+    for directory, step in candidates:
+        if directory.is_dir():
+            mngr = Checkpointer(directory, read_only=True)
+            chosen = int(step) if step and step.isdigit() else mngr.latest_step()
+            if chosen is not None and chosen in mngr.manager.all_steps():
+                return mngr, chosen
+    raise CheckpointError(f"no complete checkpoint found at {path}")
