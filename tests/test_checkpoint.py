@@ -174,6 +174,8 @@ def test_interrupted_save_never_hides_the_last_good_checkpoint(tmp_path):
     """What `kill -9` during a save leaves: Orbax's temporary directory, never renamed."""
     cfg = config(total_steps=8)
     train.train(cfg, tmp_path / "run", stop=StopAt(3))
+    with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "train/lo')  # a line cut short by the kill
     partial = tmp_path / "run" / "checkpoints" / "6.orbax-checkpoint-tmp-1234567"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "garbage").write_bytes(b"\x00" * 100)

@@ -59,8 +59,15 @@ class MetricWriter:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a metrics file; a line cut short (a process killed mid-write) is dropped."""
+    records = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
 
 
 class Progress:
