@@ -16,6 +16,7 @@ def get_config():
     c.total_steps = 1000
     c.batch_size = 128
     c.log_every = 25
+    c.checkpoint = dict(every_steps=100, keep=2)
 
     c.model = dict(
         image=dict(variant="mu/8", image_size=32, width=128, depth=3, mlp_dim=256, heads=4),

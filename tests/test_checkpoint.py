@@ -107,27 +107,26 @@ def test_nonfinite_loss_stops_or_is_skipped(tmp_path):
     assert summary["train/skipped_updates"] == 4  # every update skipped, none applied
 
 
-def run_cli(workdir, steps, *extra):
+def run_cli(workdir, steps, env=None):
+    """`vlx train` of the demo in a process of its own (stdout and stderr captured)."""
+    args = [
+        "train",
+        "--config",
+        "configs/demo.py",
+        "--workdir",
+        str(workdir),
+        f"--config.total_steps={steps}",
+        "--config.log_every=1",
+        "--config.checkpoint.every_steps=4",
+        "--config.evals={}",
+        "--config.batch_size=32",
+    ]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vlx.cli",
-            "train",
-            "--config",
-            "configs/demo.py",
-            "--workdir",
-            str(workdir),
-            f"--config.total_steps={steps}",
-            "--config.log_every=1",
-            "--config.checkpoint.every_steps=4",
-            "--config.evals={}",
-            "--config.batch_size=32",
-            *extra,
-        ],
+        [sys.executable, "-m", "vlx.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
 
 
@@ -203,27 +202,8 @@ def test_eight_device_checkpoint_continues_on_four_devices(tmp_path):
     run = tmp_path / "run"
     assert run_cli(run, 4).wait(timeout=300) == 0  # 8 devices (the tests' default)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vlx.cli",
-            "train",
-            "--config",
-            "configs/demo.py",
-            "--workdir",
-            str(run),
-            "--config.total_steps=8",
-            "--config.log_every=1",
-            "--config.checkpoint.every_steps=4",
-            "--config.evals={}",
-            "--config.batch_size=32",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "resuming from the checkpoint of step 4" in proc.stderr
+    proc = run_cli(run, 8, env=env)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "resuming from the checkpoint of step 4" in err
     assert [s for s, _ in losses(run)] == list(range(1, 9))

@@ -8,6 +8,28 @@ from vlx import cli
 from vlx.data import build, records
 from vlx.errors import DataError
 
+
+def train_small(dataset, workdir, *overrides) -> int:
+    """Two steps of configs/small.py, shrunk to one layer per tower, on `dataset`."""
+    return cli.main(
+        [
+            "train",
+            "--config",
+            f"configs/small.py:{dataset}",
+            "--workdir",
+            str(workdir),
+            "--config.data.tokenizer=demo",
+            "--config.model.text.vocab_size=64",
+            "--config.total_steps=2",
+            "--config.batch_size=8",
+            "--config.data.num_workers=0",
+            "--config.model.image.depth=1",
+            "--config.model.text.depth=1",
+            *overrides,
+        ]
+    )
+
+
 OPTIONS = build.BuildOptions(label_col="label", classname_col="name", workers=2, vocab_size=300)
 
 
@@ -74,23 +96,7 @@ def test_webdataset_tars(tmp_path):
     source = records.ArrayRecordSource(tmp_path / "ds")
     captions = {c for i in range(len(source)) for c in source[i]["captions"]}
     assert "green from json" in captions and "a red tile 00000000" in captions
-    code = cli.main(
-        [
-            "train",
-            "--config",
-            f"configs/small.py:{tmp_path / 'ds'}",
-            "--workdir",
-            str(tmp_path / "run"),
-            "--config.data.tokenizer=demo",
-            "--config.model.text.vocab_size=64",
-            "--config.total_steps=2",
-            "--config.batch_size=8",
-            "--config.data.num_workers=0",
-            "--config.model.image.depth=1",
-            "--config.model.text.depth=1",
-            "--config.evals={}",
-        ]
-    )
+    code = train_small(tmp_path / "ds", tmp_path / "run", "--config.evals={}")
     assert code == 0
     assert (tmp_path / "run" / "summary.json").exists()
 
@@ -101,22 +107,7 @@ def test_zeroshot_without_class_names_is_a_one_line_error(tmp_path, capsys):
         tmp_path / "ds",
         build.BuildOptions(vocab_size=0, workers=1),
     )
-    code = cli.main(
-        [
-            "train",
-            "--config",
-            f"configs/small.py:{tmp_path / 'ds'}",
-            "--workdir",
-            str(tmp_path / "run"),
-            "--config.data.tokenizer=demo",
-            "--config.model.text.vocab_size=64",
-            "--config.total_steps=1",
-            "--config.batch_size=8",
-            "--config.data.num_workers=0",
-            "--config.model.image.depth=1",
-            "--config.model.text.depth=1",
-        ]
-    )
+    code = train_small(tmp_path / "ds", tmp_path / "run")
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "zero-shot needs class names" in err
 
