@@ -40,6 +40,8 @@ def test_evaluators_can_be_replaced_or_removed():
     assert not config.load("configs/demo.py", ["--config.evals={}"]).evals
     cfg = config.load("configs/demo.py", ["--config.evals={'zs': {'type': 'zeroshot'}}"])
     assert list(cfg.evals) == ["zs"] and cfg.evals.zs.templates == "demo"
+    cfg = config.load("configs/demo.py", ["--config.evals.ret={'type': 'retrieval'}"])
+    assert sorted(cfg.evals) == ["ret", "zeroshot"] and cfg.evals.ret.num_examples == 1000
 
 
 def test_unknown_override_names_closest_keys():

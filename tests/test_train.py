@@ -113,6 +113,16 @@ def test_demo_trains_from_the_cli(tmp_path, capsys):
     assert list((workdir / "tensorboard").iterdir())
     assert (workdir / "tokenizer" / "tokenizer.json").exists()
 
+    # `vlx eval` on the final checkpoint reproduces the in-training numbers, and can add
+    # evaluators (here retrieval) from the command line.
+    extra = "--config.evals.ret={'type': 'retrieval', 'num_examples': 96}"
+    assert cli.main(["eval", "--workdir", str(workdir), extra]) == 0
+    printed = capsys.readouterr().out
+    assert "step 300" in printed and "ret/i2t_r1" in printed
+    results = json.loads((workdir / "eval" / "300.json").read_text())
+    assert results["zeroshot/top1"] == final["zeroshot/top1"]
+    assert results["ret/num_images"] == 96 and results["ret/t2i_r10"] > results["ret/t2i_r1"]
+
 
 @pytest.mark.parametrize(
     "override,message",

@@ -47,6 +47,22 @@ def _train(args, overrides: list[str]) -> int:
     return 0
 
 
+def _eval(args, overrides: list[str]) -> int:
+    from vlx.evals import standalone
+
+    step, results = standalone.evaluate(args.workdir, args.step, overrides)
+    print(f"step {step}")
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(
+            f"  {key:<{width}}  {value:.4f}"
+            if isinstance(value, float)
+            else f"  {key:<{width}}  {value}"
+        )
+    print(f"written to {args.workdir}/eval/{step}.json and {args.workdir}/metrics.jsonl")
+    return 0
+
+
 def _data_build(args, overrides: list[str]) -> int:
     from tqdm import tqdm
 
@@ -150,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="config file, e.g. configs/demo.py[:arg]")
     p.add_argument("--workdir", required=True, help="directory for metrics, logs, checkpoints")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser(
+        "eval",
+        help="run the configured evaluators on a checkpoint",
+        description="Evaluate a checkpoint of WORKDIR with its config's evaluators; override or "
+        "add evaluators with --config.evals.NAME.KEY=VALUE or --config.evals={...}.",
+    )
+    p.add_argument("--workdir", required=True, help="a training workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.set_defaults(run=_eval)
 
     data = sub.add_parser("data", help="build and inspect datasets").add_subparsers(
         dest="data_command", required=True

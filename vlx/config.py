@@ -129,7 +129,16 @@ EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
         batch_size=250,
         every_steps=0,  # 0: only at the end of training
         templates="demo",
-        prefix="zeroshot",
+        prefix="",  # metric names: PREFIX/top1; empty: the evaluator's name
+    ),
+    "retrieval": dict(
+        type="retrieval",
+        dataset="demo",
+        split="test",
+        num_examples=1000,
+        batch_size=250,
+        every_steps=0,
+        prefix="",
     ),
 }
 
@@ -215,6 +224,8 @@ def _set(node: ml_collections.ConfigDict, key: str, value: Any, name: str) -> No
     current = node[key]
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(current, tuple) and isinstance(value, list):  # read back from JSON
+        value = tuple(value)
     if current is not None and value is not None and type(current) is not type(value):
         raise ConfigError(
             f"{name}={value!r} has type {type(value).__name__}, "
@@ -255,6 +266,14 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
         _merge_evals(cfg, evals, where="override")
         return
     parts = name.split(".")
+    if parts[0] == "evals" and len(parts) == 2:  # add or update one: --config.evals.NAME={...}
+        spec = _parse_value(raw, {})
+        if not isinstance(spec, dict):
+            raise ConfigError(f"--config.{name} takes a dict, e.g. {{'type': 'zeroshot'}}")
+        if parts[1] in cfg.evals:
+            spec = {**cfg.evals[parts[1]].to_dict(), **spec}
+        _merge_evals(cfg, {parts[1]: spec}, where="override")
+        return
     node = cfg
     for part in parts[:-1]:
         if part not in node or not isinstance(node[part], ml_collections.ConfigDict):

@@ -37,27 +37,30 @@ class TrainState:
     shardings: dict[str, nnx.State]
 
 
-def create_state(cfg, mesh, *, eos_id: int | None, tx: optax.GradientTransformation) -> TrainState:
-    """Model and optimizer state, created already sharded: no array is ever whole on one device."""
+def create_state(
+    cfg, mesh, *, eos_id: int | None, tx: optax.GradientTransformation | None
+) -> TrainState:
+    """Model and optimizer state, created already sharded: no array is ever whole on one device.
+
+    With `tx=None`, the model alone (for evaluation)."""
 
     def create():
         model = TwoTower(cfg.model, eos_id=eos_id, rngs=nnx.Rngs(params=cfg.seed))
-        return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+        if tx is None:
+            return {"model": model}
+        return {"model": model, "opt": nnx.Optimizer(model, tx, wrt=nnx.Param)}
 
     def init():
-        model, opt = create()
-        return {"model": nnx.state(model), "opt": nnx.state(opt)}
+        return {name: nnx.state(obj) for name, obj in create().items()}
 
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.RULES):
-        abstract_model, abstract_opt = nnx.eval_shape(create)
-        gd_model, abs_model = nnx.split(abstract_model)
-        gd_opt, abs_opt = nnx.split(abstract_opt)
-        shardings = {
-            "model": nnx.get_named_sharding(abs_model, mesh),
-            "opt": nnx.get_named_sharding(abs_opt, mesh),
-        }
+        abstract = nnx.eval_shape(create)
+        graphdefs, shardings = {}, {}
+        for name, obj in abstract.items():
+            graphdefs[name], abstract_state = nnx.split(obj)
+            shardings[name] = nnx.get_named_sharding(abstract_state, mesh)
         arrays = jax.jit(init, out_shardings=shardings)()
-    return TrainState({"model": gd_model, "opt": gd_opt}, arrays, shardings)
+    return TrainState(graphdefs, arrays, shardings)
 
 
 def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -> Callable:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from vlx.evals import zeroshot
+from vlx.evals import retrieval, zeroshot
 
-EVALUATORS = {"zeroshot": zeroshot.run}
+EVALUATORS = {"zeroshot": zeroshot.run, "retrieval": retrieval.run}
 
 
 def due(eval_cfg, step: int, total_steps: int) -> bool:

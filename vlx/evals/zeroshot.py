@@ -6,6 +6,7 @@ import numpy as np
 
 from vlx.data import demo
 from vlx.errors import DataError
+from vlx.evals import ranking
 
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "demo": demo.TEMPLATES,
@@ -21,15 +22,9 @@ def classifier(embed_texts, classes, templates) -> np.ndarray:
 
 
 def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Per row, whether `labels` ranks among the k highest logits.
-
-    Ties rank the lower class index first (as argmax does), so results never depend on sort
-    order: rank = #(classes scoring higher) + #(equal-scoring classes with a smaller index).
-    """
-    score = np.take_along_axis(logits, labels[:, None], axis=1)
-    before = np.arange(logits.shape[1])[None, :] < labels[:, None]
-    rank = np.sum(logits > score, axis=1) + np.sum((logits == score) & before, axis=1)
-    return rank < k
+    """Per row, whether `labels` ranks among the k highest logits (ties: see `ranking.rank`)."""
+    positive = np.arange(logits.shape[1])[None, :] == labels[:, None]
+    return ranking.rank(logits, positive) < k
 
 
 def run(eval_cfg, context, *, name: str) -> dict[str, float]:

@@ -1,0 +1,62 @@
+"""Image-text retrieval: recall@1/5/10 both ways, several captions per image (COCO style).
+
+Image -> text: an image is retrieved at K if any of its captions is among the top K captions.
+Text -> image: a caption is retrieved at K if its image is among the top K images.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vlx.evals import ranking
+
+KS = (1, 5, 10)
+
+
+def recalls(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, chunk: int = 1024):
+    """owner[j]: the image index of caption j. Returns {'i2t_r1': ..., 't2i_r1': ...}."""
+    n = len(image_emb)
+    i2t = np.concatenate(
+        [
+            ranking.rank(
+                image_emb[s : s + chunk] @ text_emb.T,
+                owner[None, :] == np.arange(s, min(s + chunk, n))[:, None],
+            )
+            for s in range(0, n, chunk)
+        ]
+    )
+    t2i = np.concatenate(
+        [
+            ranking.rank(
+                text_emb[s : s + chunk] @ image_emb.T,
+                np.arange(n)[None, :] == owner[s : s + chunk, None],
+            )
+            for s in range(0, len(text_emb), chunk)
+        ]
+    )
+    out = {}
+    for k in KS:
+        out[f"i2t_r{k}"] = float(np.mean(i2t < k))
+        out[f"t2i_r{k}"] = float(np.mean(t2i < k))
+    return out
+
+
+def run(eval_cfg, context, *, name: str) -> dict[str, float]:
+    source = context.source(eval_cfg)
+    images, _ = context.image_embeddings(source, eval_cfg.batch_size)
+    captions, owner = [], []
+    for i in range(len(images)):
+        for caption in source[i]["captions"]:
+            captions.append(caption)
+            owner.append(i)
+    texts = np.concatenate(
+        [
+            context.embed_texts(captions[s : s + eval_cfg.batch_size])
+            for s in range(0, len(captions), eval_cfg.batch_size)
+        ]
+    )
+    prefix = eval_cfg.prefix or name
+    out = {f"{prefix}/{k}": v for k, v in recalls(images, texts, np.asarray(owner)).items()}
+    out[f"{prefix}/num_images"] = len(images)
+    out[f"{prefix}/num_captions"] = len(captions)
+    return out
