@@ -1,6 +1,6 @@
 """Tiny configs shared by the tests."""
 
-from vlx import config
+from vlx import cli, config
 
 TINY = dict(
     seed=0,
@@ -25,3 +25,8 @@ def tiny_config(**updates):
     config.merge(cfg, updates, where="test")
     config.validate(cfg)
     return cfg
+
+
+def cli_train(config_path, workdir, *overrides: str) -> int:
+    """`vlx train --config CONFIG --workdir WORKDIR OVERRIDES...`, in this process."""
+    return cli.main(["train", "--config", str(config_path), "--workdir", str(workdir), *overrides])

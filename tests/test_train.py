@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.helpers import tiny_config
+from tests.helpers import cli_train, tiny_config
 from vlx import cli, optim, parallel, train
 from vlx.data import demo
 from vlx.data.tokenizer import load as load_tokenizer
@@ -79,18 +79,13 @@ def test_adamw_decays_only_kernels_and_clamps_scale():
 def test_demo_trains_from_the_cli(tmp_path, capsys):
     """A shortened demo: the loss falls and held-out zero-shot accuracy is far above chance."""
     workdir = tmp_path / "demo"
-    code = cli.main(
-        [
-            "train",
-            "--config",
-            "configs/demo.py",
-            "--workdir",
-            str(workdir),
-            "--config.total_steps=300",
-            "--config.log_every=50",
-            "--config.evals.zeroshot.every_steps=0",
-            "--config.evals.zeroshot.num_examples=480",
-        ]
+    code = cli_train(
+        "configs/demo.py",
+        str(workdir),
+        "--config.total_steps=300",
+        "--config.log_every=50",
+        "--config.evals.zeroshot.every_steps=0",
+        "--config.evals.zeroshot.num_examples=480",
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -137,7 +132,7 @@ def test_demo_trains_from_the_cli(tmp_path, capsys):
     ],
 )
 def test_bad_config_is_a_one_line_error(tmp_path, capsys, override, message):
-    code = cli.main(["train", "--config", "configs/demo.py", "--workdir", str(tmp_path), override])
+    code = cli_train("configs/demo.py", str(tmp_path), override)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("vlx: error: ") and message in err[-1]

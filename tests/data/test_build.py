@@ -3,6 +3,7 @@ import json
 import pytest
 
 from tests.data import fixtures
+from tests.helpers import cli_train
 from vlx import cli
 from vlx.data import build, records
 from vlx.errors import DataError
@@ -10,22 +11,17 @@ from vlx.errors import DataError
 
 def train_small(dataset, workdir, *overrides) -> int:
     """Two steps of configs/small.py, shrunk to one layer per tower, on `dataset`."""
-    return cli.main(
-        [
-            "train",
-            "--config",
-            f"configs/small.py:{dataset}",
-            "--workdir",
-            str(workdir),
-            "--config.data.tokenizer=demo",
-            "--config.model.text.vocab_size=64",
-            "--config.total_steps=2",
-            "--config.batch_size=8",
-            "--config.data.num_workers=0",
-            "--config.model.image.depth=1",
-            "--config.model.text.depth=1",
-            *overrides,
-        ]
+    return cli_train(
+        f"configs/small.py:{dataset}",
+        str(workdir),
+        "--config.data.tokenizer=demo",
+        "--config.model.text.vocab_size=64",
+        "--config.total_steps=2",
+        "--config.batch_size=8",
+        "--config.data.num_workers=0",
+        "--config.model.image.depth=1",
+        "--config.model.text.depth=1",
+        *overrides,
     )
 
 
@@ -117,15 +113,8 @@ def test_not_a_dataset_is_a_one_line_error(tmp_path, capsys):
         (tmp_path / "nope", "does not exist"),
         (tmp_path / "empty", "is not a vlx dataset"),
     ]:
-        code = cli.main(
-            [
-                "train",
-                "--config",
-                "configs/demo.py",
-                "--workdir",
-                str(tmp_path / "w"),
-                f"--config.data.source=arrayrecord:{path}",
-            ]
+        code = cli_train(
+            "configs/demo.py", str(tmp_path / "w"), f"--config.data.source=arrayrecord:{path}"
         )
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert code == 2 and err.startswith("vlx: error:") and message in err
@@ -161,24 +150,19 @@ def test_cli_build_inspect_and_train(tmp_path, capsys):
     assert "num_examples: 24" in printed and "a red picture number 0" in printed
     assert sheet.stat().st_size > 1000
     workdir = tmp_path / "run"
-    code = cli.main(
-        [
-            "train",
-            "--config",
-            "configs/demo.py",
-            "--workdir",
-            str(workdir),
-            f"--config.data.source=arrayrecord:{out}",
-            f"--config.data.tokenizer={out}/tokenizer",
-            "--config.model.text.vocab_size=320",
-            "--config.total_steps=3",
-            "--config.log_every=1",
-            "--config.batch_size=16",
-            "--config.data.train_crop=random_resized",
-            f"--config.evals.zeroshot.dataset=arrayrecord:{out}",
-            "--config.evals.zeroshot.templates=simple",
-            "--config.evals.zeroshot.every_steps=0",
-        ]
+    code = cli_train(
+        "configs/demo.py",
+        str(workdir),
+        f"--config.data.source=arrayrecord:{out}",
+        f"--config.data.tokenizer={out}/tokenizer",
+        "--config.model.text.vocab_size=320",
+        "--config.total_steps=3",
+        "--config.log_every=1",
+        "--config.batch_size=16",
+        "--config.data.train_crop=random_resized",
+        f"--config.evals.zeroshot.dataset=arrayrecord:{out}",
+        "--config.evals.zeroshot.templates=simple",
+        "--config.evals.zeroshot.every_steps=0",
     )
     assert code == 0
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]

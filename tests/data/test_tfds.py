@@ -4,7 +4,8 @@ by tests/data/tfds_builder.py and committed."""
 import json
 from pathlib import Path
 
-from vlx import cli, config
+from tests.helpers import cli_train
+from vlx import config
 from vlx.data import sources
 
 FIXTURE = Path(__file__).parent / "tfds_fixture"
@@ -31,23 +32,18 @@ def test_tfds_source_reads_images_captions_and_class_names():
 
 def test_train_and_zeroshot_on_tfds(tmp_path):
     workdir = tmp_path / "run"
-    code = cli.main(
-        [
-            "train",
-            "--config",
-            "configs/demo.py",
-            "--workdir",
-            str(workdir),
-            "--config.data.source=tfds:vlx_tiny_captions:train",
-            f"--config.data.tfds.data_dir={FIXTURE}",
-            "--config.data.tokenizer=demo",
-            "--config.total_steps=2",
-            "--config.log_every=1",
-            "--config.batch_size=8",
-            "--config.evals.zeroshot.dataset=tfds:vlx_tiny_captions:test",
-            "--config.evals.zeroshot.templates=simple",
-            "--config.evals.zeroshot.every_steps=0",
-        ]
+    code = cli_train(
+        "configs/demo.py",
+        str(workdir),
+        "--config.data.source=tfds:vlx_tiny_captions:train",
+        f"--config.data.tfds.data_dir={FIXTURE}",
+        "--config.data.tokenizer=demo",
+        "--config.total_steps=2",
+        "--config.log_every=1",
+        "--config.batch_size=8",
+        "--config.evals.zeroshot.dataset=tfds:vlx_tiny_captions:test",
+        "--config.evals.zeroshot.templates=simple",
+        "--config.evals.zeroshot.every_steps=0",
     )
     assert code == 0
     records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
