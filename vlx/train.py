@@ -193,7 +193,8 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
         cfg, mesh, state.graphdefs["model"], arrays["model"], state.shardings["model"], tok
     )
     last: dict[str, float] = {}
-    nonfinite = 0.0
+    # Skipped updates add up on the device, so counting them never syncs the host.
+    skipped_updates = jnp.asarray(float(counts.pop("skipped_updates", 0.0)))
     t_log, step_log = time.perf_counter(), start
     step = start
     try:
@@ -202,6 +203,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
             for key in counts:
                 counts[key] += int(extras.get(key, 0))
             arrays, metrics = step_fn(arrays, batch)
+            skipped_updates = skipped_updates + metrics["nonfinite"]
             if block_each_step:
                 jax.block_until_ready(metrics)
             progress.update(step)
@@ -209,7 +211,6 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
             saving = step % cfg.checkpoint.every_steps == 0 or step == cfg.total_steps or stopping
             if step % cfg.log_every == 0 or saving:
                 host = jax.device_get(metrics)
-                nonfinite += float(host["nonfinite"])
                 if not cfg.skip_nonfinite and host["nonfinite"]:
                     raise TrainingError(nonfinite_message(step, ckpt))
             if step % cfg.log_every == 0 or step == cfg.total_steps:
@@ -222,7 +223,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                 metrics["data/truncated"] = counts["truncated"]
                 metrics["data/skipped"] = counts["skipped"]
                 if cfg.skip_nonfinite:
-                    metrics["train/skipped_updates"] = nonfinite
+                    metrics["train/skipped_updates"] = float(skipped_updates)
                 check_bad_fraction(counts["skipped"], step * local_batch, cfg.data.max_bad_fraction)
                 writer.write(step, metrics)
                 progress.update(step, metrics)
@@ -237,7 +238,10 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                 last.update(results)
                 t_log = time.perf_counter()
             if saving:
-                data = {"iterator": iterator_state, "counts": dict(counts)}
+                data = {
+                    "iterator": iterator_state,
+                    "counts": {**counts, "skipped_updates": float(skipped_updates)},
+                }
                 blocked = ckpt.save(step, arrays, data, cfg)
                 writer.write(step, {"checkpoint/blocking_sec": blocked})
             if stopping:
