@@ -13,7 +13,7 @@ from vlx.errors import VlxError
 
 
 def _train(args, overrides: list[str]) -> int:
-    from vlx import config, train
+    from vlx import config, evals, train
     from vlx.metrics import Progress
 
     cfg = config.load(args.config, overrides)
@@ -35,14 +35,14 @@ def _train(args, overrides: list[str]) -> int:
         f"finished {summary['step']} steps in {minutes}m{seconds:02d}s; "
         f"metrics in {args.workdir}/metrics.jsonl"
     )
-    prefixes = tuple(f"{e.prefix or name}/" for name, e in cfg.evals.items())
+    prefixes = tuple(f"{evals.prefix(name, e)}/" for name, e in cfg.evals.items())
     for key, value in summary.items():
         if key == "train/loss" or key.startswith(prefixes):
             print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
     for name, e in cfg.evals.items():
-        top1 = summary.get(f"{e.prefix or name}/top1")
+        top1 = summary.get(f"{evals.prefix(name, e)}/top1")
         if e.type == "zeroshot" and top1 is not None:
-            n = summary[f"{e.prefix or name}/num_examples"]
+            n = summary[f"{evals.prefix(name, e)}/num_examples"]
             print(f"zero-shot top-1 on {n} held-out {e.dataset} images: {top1:.3f}")
     return 0
 

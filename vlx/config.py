@@ -120,26 +120,23 @@ def defaults() -> ml_collections.ConfigDict:
     return c
 
 
-EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "zeroshot": dict(
-        type="zeroshot",
+def _eval_defaults(kind: str, **extra) -> dict[str, Any]:
+    """The settings every evaluator has, and those of its kind."""
+    return dict(
+        type=kind,
         dataset="demo",
         split="test",
         num_examples=1000,
         batch_size=250,
         every_steps=0,  # 0: only at the end of training
-        templates="demo",
         prefix="",  # metric names: PREFIX/top1; empty: the evaluator's name
-    ),
-    "retrieval": dict(
-        type="retrieval",
-        dataset="demo",
-        split="test",
-        num_examples=1000,
-        batch_size=250,
-        every_steps=0,
-        prefix="",
-    ),
+        **extra,
+    )
+
+
+EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "zeroshot": _eval_defaults("zeroshot", templates="demo"),
+    "retrieval": _eval_defaults("retrieval"),
 }
 
 CHOICES: dict[str, tuple[Any, ...]] = {

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
+from vlx.data import sources as sources_lib
 from vlx.data import transforms
 from vlx.data.tokenizer import Tokenizer
 from vlx.errors import DataError
@@ -142,8 +143,6 @@ def train_from_config(
     cfg, tokenizer: Tokenizer, *, batch_size: int, process_index: int = 0, process_count: int = 1
 ) -> grain.IterDataset:
     """The training stream that `cfg.data` describes (sources, mixture weights, crops)."""
-    from vlx.data import sources as sources_lib
-
     specs = sources_lib.parse_mixture(cfg.data.source)
     image_size = cfg.model.image.image_size
     srcs = [
@@ -170,6 +169,8 @@ def to_mesh(batches: Iterator[dict], mesh, keys=("image", "tokens"), ahead: int 
     Keeps `ahead` batches in flight so that host-to-device copies overlap the step. The state is
     the host iterator's state right after that batch: restoring it resumes with the next one.
     """
+    # Imported here, not at the top: Grain's worker processes import this module to unpickle
+    # LoadExample, and vlx.parallel would load JAX in every one of them.
     from vlx import parallel
 
     queue = collections.deque()

@@ -7,6 +7,11 @@ from vlx.evals import retrieval, zeroshot
 EVALUATORS = {"zeroshot": zeroshot.run, "retrieval": retrieval.run}
 
 
+def prefix(name: str, eval_cfg) -> str:
+    """The metric-name prefix of evaluator `name`: its `prefix`, or else its name."""
+    return eval_cfg.prefix or name
+
+
 def due(eval_cfg, step: int, total_steps: int) -> bool:
     every = eval_cfg.every_steps
     return step == total_steps or (every > 0 and step % every == 0)
@@ -17,5 +22,9 @@ def run_all(cfg, context, step: int, *, force: bool = False) -> dict[str, float]
     results: dict[str, float] = {}
     for name, eval_cfg in cfg.evals.items():
         if force or due(eval_cfg, step, cfg.total_steps):
-            results.update(EVALUATORS[eval_cfg.type](eval_cfg, context, name=name))
+            results.update(
+                EVALUATORS[eval_cfg.type](
+                    eval_cfg, context, name=name, prefix=prefix(name, eval_cfg)
+                )
+            )
     return results

@@ -41,7 +41,7 @@ def recalls(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, chun
     return out
 
 
-def run(eval_cfg, context, *, name: str) -> dict[str, float]:
+def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
     source = context.source(eval_cfg)
     images, _ = context.image_embeddings(source, eval_cfg.batch_size)
     captions, owner = [], []
@@ -55,7 +55,6 @@ def run(eval_cfg, context, *, name: str) -> dict[str, float]:
             for s in range(0, len(captions), eval_cfg.batch_size)
         ]
     )
-    prefix = eval_cfg.prefix or name
     out = {f"{prefix}/{k}": v for k, v in recalls(images, texts, np.asarray(owner)).items()}
     out[f"{prefix}/num_images"] = len(images)
     out[f"{prefix}/num_captions"] = len(captions)

@@ -27,7 +27,7 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return ranking.rank(logits, positive) < k
 
 
-def run(eval_cfg, context, *, name: str) -> dict[str, float]:
+def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
     source = context.source(eval_cfg)
     if not getattr(source, "classes", ()):
         raise DataError(
@@ -37,7 +37,6 @@ def run(eval_cfg, context, *, name: str) -> dict[str, float]:
     weights = classifier(context.embed_texts, source.classes, TEMPLATE_SETS[eval_cfg.templates])
     images, labels = context.image_embeddings(source, eval_cfg.batch_size)
     logits = images @ weights.T
-    prefix = eval_cfg.prefix or name
     out = {
         f"{prefix}/top1": float(topk_correct(logits, labels, 1).mean()),
         f"{prefix}/top5": float(topk_correct(logits, labels, 5).mean()),
