@@ -4,7 +4,9 @@
 
 Ends with zero-shot classification of 1,200 held-out test images into 24 "<colour> <shape>"
 classes (zeroshot/top1). 4 of the 24 colour-shape pairs never appear in training; accuracy on
-images of those pairs alone is reported as zeroshot/top1_unseen_pairs.
+images of those pairs alone is reported as zeroshot/top1_unseen_pairs. At the end, a linear probe
+(logistic regression on frozen image embeddings, fit on 2,400 images of all 24 classes) reports
+probe/accuracy on the same test images.
 """
 
 import ml_collections
@@ -38,6 +40,14 @@ def get_config():
     c.evals = dict(
         zeroshot=dict(
             type="zeroshot", dataset="demo", split="test", num_examples=1200, every_steps=500
+        ),
+        probe=dict(
+            type="linear_probe",
+            dataset="demo",
+            split="test",
+            num_examples=1200,
+            train_split="probe",
+            train_examples=2400,
         ),
     )
     return c

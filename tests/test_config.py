@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from vlx import config
@@ -41,7 +43,7 @@ def test_evaluators_can_be_replaced_or_removed():
     cfg = config.load("configs/demo.py", ["--config.evals={'zs': {'type': 'zeroshot'}}"])
     assert list(cfg.evals) == ["zs"] and cfg.evals.zs.templates == "demo"
     cfg = config.load("configs/demo.py", ["--config.evals.ret={'type': 'retrieval'}"])
-    assert sorted(cfg.evals) == ["ret", "zeroshot"] and cfg.evals.ret.num_examples == 1000
+    assert sorted(cfg.evals) == ["probe", "ret", "zeroshot"] and cfg.evals.ret.num_examples == 0
 
 
 def test_unknown_override_names_closest_keys():
@@ -77,3 +79,39 @@ def test_unknown_evaluator_type(tmp_path):
 def test_missing_file():
     with pytest.raises(ConfigError, match="does not exist"):
         config.load("configs/nope.py")
+
+
+def test_templates_and_classnames_take_a_name_or_a_tuple():
+    cfg = config.load(
+        "configs/demo.py",
+        [
+            "--config.evals.zeroshot.templates=('a {}.', 'the {}.')",
+            "--config.evals.zeroshot.classnames=imagenet",
+        ],
+    )
+    assert cfg.evals.zeroshot.templates == ("a {}.", "the {}.")
+    assert cfg.evals.zeroshot.classnames == "imagenet"
+    # config.json stores tuples as lists; `vlx eval` reads them back as tuples.
+    again = config.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.evals.zeroshot.templates == ("a {}.", "the {}.")
+    config.apply_override(again, "--config.evals.zeroshot.templates=clip_imagenet")
+    assert again.evals.zeroshot.templates == "clip_imagenet"
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.evals.zeroshot.templates=clip", "evals.zeroshot.templates='clip' is not a"),
+        ("--config.evals.zeroshot.templates=('a photo',)", "needs exactly one {}"),
+        ("--config.evals.zeroshot.classnames=imagenet21k", "choose '' (the dataset's own)"),
+        ("--config.evals.zeroshot.prompt_weighting=best", "choose one of none, zpe"),
+        ("--config.evals.probe.method=svm", "evals.probe.method='svm' is not allowed"),
+        ("--config.evals.probe.l2=()", "evals.probe.l2=() must list one or more values"),
+        ("--config.evals.probe.val_fraction=1.0", "must be between 0 and 1"),
+        ("--config.evals.probe.num_examples=-1", "evals.probe.num_examples=-1 must be >= 0"),
+    ],
+)
+def test_bad_evaluator_settings_are_refused_up_front(override, message):
+    with pytest.raises(ConfigError, match=None) as e:
+        config.load("configs/demo.py", [override])
+    assert message in str(e.value)

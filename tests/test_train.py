@@ -77,7 +77,7 @@ def test_adamw_decays_only_kernels_and_clamps_scale():
 
 
 def test_demo_trains_from_the_cli(tmp_path, capsys):
-    """A shortened demo: the loss falls and held-out zero-shot accuracy is far above chance."""
+    """A shortened demo: the loss falls and held-out zero-shot top-1 reaches 0.9 (0.93 here)."""
     workdir = tmp_path / "demo"
     code = cli_train(
         "configs/demo.py",
@@ -96,7 +96,7 @@ def test_demo_trains_from_the_cli(tmp_path, capsys):
     assert losses[-1] < losses[0] - 0.5
     final = next(r for r in records if "zeroshot/top1" in r)
     assert final["zeroshot/num_examples"] == 480
-    assert final["zeroshot/top1"] > 0.5  # chance is 1/24
+    assert final["zeroshot/top1"] >= 0.9  # chance is 1/24; the full demo reaches 0.97
     assert {
         "train/i2t_acc",
         "train/t2i_acc",
@@ -108,15 +108,57 @@ def test_demo_trains_from_the_cli(tmp_path, capsys):
     assert list((workdir / "tensorboard").iterdir())
     assert (workdir / "tokenizer" / "tokenizer.json").exists()
 
+    assert final["probe/num_train"] == 2400 and final["probe/accuracy"] > 0.8
+
     # `vlx eval` on the final checkpoint reproduces the in-training numbers, and can add
-    # evaluators (here retrieval) from the command line.
-    extra = "--config.evals.ret={'type': 'retrieval', 'num_examples': 96}"
-    assert cli.main(["eval", "--workdir", str(workdir), extra]) == 0
+    # evaluators (here retrieval and prompt-weighted zero-shot) from the command line.
+    extra = [
+        "--config.evals.ret={'type': 'retrieval', 'num_examples': 96}",
+        "--config.evals.zpe={'type': 'zeroshot', 'num_examples': 480, 'templates': "
+        "('a {}', 'a photo of a {}', '{}', 'a large {} at the top'), 'prompt_weighting': 'zpe'}",
+    ]
+    args = ["eval", "--workdir", str(workdir), "--save-embeddings", *extra]
+    assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "step 300" in printed and "ret/i2t_r1" in printed
     results = json.loads((workdir / "eval" / "300.json").read_text())
     assert results["zeroshot/top1"] == final["zeroshot/top1"]
+    assert results["probe/accuracy"] == final["probe/accuracy"]
     assert results["ret/num_images"] == 96 and results["ret/t2i_r10"] > results["ret/t2i_r1"]
+    assert results["zpe/num_examples"] == 480 and results["zpe/top1"] > 0.5
+    recompute_from_embeddings(workdir / "eval" / "300", results)
+
+    assert cli.main(["plot", "--workdir", str(workdir)]) == 0
+    for name in ("training.png", "eval.png"):
+        assert (workdir / "plots" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def recompute_from_embeddings(saved, results):
+    """The saved embeddings give the same numbers by plain NumPy and scikit-learn."""
+    z = np.load(saved / "zeroshot.npz")
+    predicted = np.argmax(z["image_embeddings"] @ z["classifier"].T, axis=1)
+    assert np.mean(predicted == z["labels"]) == results["zeroshot/top1"]
+    w = np.load(saved / "zpe.npz")["prompt_weights"]
+    assert w.shape == (4,) and abs(w.sum() - 1) < 1e-9 and w.std() > 0
+
+    r = np.load(saved / "ret.npz")
+    sim = r["image_embeddings"] @ r["text_embeddings"].T
+    owner = r["caption_owner"]
+    top = np.argsort(-sim, axis=1, kind="stable")[:, :5]  # ties: the lower index first
+    assert (
+        np.mean([np.isin(np.flatnonzero(owner == i), t).any() for i, t in enumerate(top)])
+        == (results["ret/i2t_r5"])
+    )
+    top = np.argsort(-sim.T, axis=1, kind="stable")[:, :5]
+    assert np.mean([owner[j] in t for j, t in enumerate(top)]) == results["ret/t2i_r5"]
+
+    from sklearn.linear_model import LogisticRegression
+
+    p = np.load(saved / "probe.npz")
+    n = len(p["train_labels"])
+    ref = LogisticRegression(C=1 / (float(p["l2"]) * n), tol=1e-8, max_iter=10_000)
+    ref.fit(p["train_embeddings"], p["train_labels"])
+    assert abs(ref.score(p["test_embeddings"], p["test_labels"]) - results["probe/accuracy"]) < 2e-3
 
 
 @pytest.mark.parametrize(

@@ -38,28 +38,48 @@ def _train(args, overrides: list[str]) -> int:
     prefixes = tuple(f"{evals.prefix(name, e)}/" for name, e in cfg.evals.items())
     for key, value in summary.items():
         if key == "train/loss" or key.startswith(prefixes):
-            print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
-    for name, e in cfg.evals.items():
-        top1 = summary.get(f"{evals.prefix(name, e)}/top1")
-        if e.type == "zeroshot" and top1 is not None:
-            n = summary[f"{evals.prefix(name, e)}/num_examples"]
-            print(f"zero-shot top-1 on {n} held-out {e.dataset} images: {top1:.3f}")
+            print(f"  {key}: {_number(value)}")
+    headlines = {  # evaluator type -> (metric, count, sentence); zero-shot comes last
+        "linear_probe": ("accuracy", "num_test", "linear-probe accuracy on {n} {d} test images"),
+        "zeroshot": ("top1", "num_examples", "zero-shot top-1 on {n} held-out {d} images"),
+    }
+    for kind, (metric, count, sentence) in headlines.items():
+        for name, e in cfg.evals.items():
+            value = summary.get(f"{evals.prefix(name, e)}/{metric}")
+            if e.type == kind and value is not None:
+                n = summary[f"{evals.prefix(name, e)}/{count}"]
+                print(f"{sentence.format(n=n, d=e.dataset)}: {value:.3f}")
     return 0
+
+
+def _number(value) -> str:
+    if not isinstance(value, float) or value != value:
+        return str(value)
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 else f"{value:.3g}"
 
 
 def _eval(args, overrides: list[str]) -> int:
     from vlx.evals import standalone
 
-    step, results = standalone.evaluate(args.workdir, args.step, overrides)
+    step, results = standalone.evaluate(
+        args.workdir, args.step, overrides, save_embeddings=args.save_embeddings
+    )
     print(f"step {step}")
     width = max(len(k) for k in results)
     for key, value in results.items():
-        print(
-            f"  {key:<{width}}  {value:.4f}"
-            if isinstance(value, float)
-            else f"  {key:<{width}}  {value}"
-        )
+        print(f"  {key:<{width}}  {_number(value)}")
     print(f"written to {args.workdir}/eval/{step}.json and {args.workdir}/metrics.jsonl")
+    if args.save_embeddings:
+        print(f"embeddings: {args.workdir}/eval/{step}/<evaluator>.npz")
+    return 0
+
+
+def _plot(args, overrides: list[str]) -> int:
+    from vlx import plot
+
+    paths = plot.plot_workdir(args.workdir, args.out)
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -175,7 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workdir", required=True, help="a training workdir")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument(
+        "--save-embeddings",
+        action="store_true",
+        help="also write each evaluator's embeddings and labels to WORKDIR/eval/STEP/NAME.npz",
+    )
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser(
+        "plot",
+        help="PNG plots of a run's training and eval curves",
+        description="Plot loss, accuracies, learning rate, temperature and eval metrics "
+        "against step from WORKDIR/metrics.jsonl.",
+    )
+    p.add_argument("--workdir", required=True, help="a training workdir")
+    p.add_argument("--out", default=None, help="output directory (default: WORKDIR/plots)")
+    p.set_defaults(run=_plot)
 
     data = sub.add_parser("data", help="build and inspect datasets").add_subparsers(
         dest="data_command", required=True

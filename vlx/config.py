@@ -126,8 +126,8 @@ def _eval_defaults(kind: str, **extra) -> dict[str, Any]:
         type=kind,
         dataset="demo",
         split="test",
-        num_examples=1000,
-        batch_size=250,
+        num_examples=0,  # the first N examples; 0: all (the demo's test split has 1,000)
+        batch_size=256,
         every_steps=0,  # 0: only at the end of training
         prefix="",  # metric names: PREFIX/top1; empty: the evaluator's name
         **extra,
@@ -135,9 +135,35 @@ def _eval_defaults(kind: str, **extra) -> dict[str, Any]:
 
 
 EVAL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "zeroshot": _eval_defaults("zeroshot", templates="demo"),
+    "zeroshot": _eval_defaults(
+        "zeroshot",
+        templates="demo",  # a built-in set (clip_imagenet, clip_imagenet_short, simple, demo)
+        #                    or a tuple of templates such as ("a photo of a {}.",)
+        classnames="",  # "": the dataset's own; "imagenet": CLIP's names; or a tuple of names
+        prompt_weighting="none",  # or "zpe": label-free weights per template
+        zpe_temperature=1.0,
+        zpe_reference="",  # dataset whose train images centre the logits; "": the eval images
+        zpe_reference_examples=10000,
+    ),
     "retrieval": _eval_defaults("retrieval"),
+    "linear_probe": _eval_defaults(
+        "linear_probe",
+        train_split="train",
+        train_dataset="",  # "": the same dataset as `dataset`
+        train_examples=0,  # 0: all
+        method="logistic",  # or "ridge"
+        l2=(1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0),  # several: chosen on held-out train rows
+        val_fraction=0.2,
+    ),
 }
+
+EVAL_CHOICES: dict[str, tuple[str, ...]] = {
+    "prompt_weighting": ("none", "zpe"),
+    "method": ("logistic", "ridge"),
+}
+
+# Settings that take either a name or a tuple.
+_NAME_OR_TUPLE = ("templates", "classnames")
 
 CHOICES: dict[str, tuple[Any, ...]] = {
     "model.image.pool": ("tok", "gap", "map"),
@@ -221,14 +247,22 @@ def _set(node: ml_collections.ConfigDict, key: str, value: Any, name: str) -> No
     current = node[key]
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(current, tuple) and isinstance(value, list):  # read back from JSON
-        value = tuple(value)
-    if current is not None and value is not None and type(current) is not type(value):
+    if isinstance(value, list) and (isinstance(current, tuple) or key in _NAME_OR_TUPLE):
+        value = tuple(value)  # lists come back from JSON and the command line
+    either = key in _NAME_OR_TUPLE and isinstance(value, str | tuple)
+    if (
+        not either
+        and current is not None
+        and value is not None
+        and type(current) is not type(value)
+    ):
         raise ConfigError(
             f"{name}={value!r} has type {type(value).__name__}, "
             f"expected {type(current).__name__} (default {current!r})"
         )
     with node.unlocked():
+        if either and type(current) is not type(value):
+            del node[key]  # ConfigDict keeps a field's first type otherwise
         node[key] = value
 
 
@@ -282,6 +316,8 @@ def apply_override(cfg: ml_collections.ConfigDict, item: str) -> None:
     current = node[key]
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"override {name} names a group of settings; set one of its keys")
+    if key in _NAME_OR_TUPLE:  # a tuple of strings, or else a name
+        current = () if raw.lstrip()[:1] in ("(", "[") else ""
     _set(node, key, _parse_value(raw, current), name)
 
 
@@ -335,3 +371,30 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("model.image.pool='tok' needs model.image.class_token=True")
     if cfg.loss.impl == "ring" and cfg.loss.type != "sigmoid":
         raise ConfigError("loss.impl='ring' exists for loss.type='sigmoid' only")
+    for name, e in cfg.evals.items():
+        _validate_eval(f"evals.{name}", e)
+
+
+def _validate_eval(key: str, e: ml_collections.ConfigDict) -> None:
+    from vlx.evals import prompts  # the template sets and class lists live with the evaluators
+
+    for field, allowed in EVAL_CHOICES.items():
+        if field in e and e[field] not in allowed:
+            raise ConfigError(
+                f"{key}.{field}={e[field]!r} is not allowed; choose one of {', '.join(allowed)}"
+            )
+    for field in ("num_examples", "train_examples", "every_steps"):
+        if field in e and e[field] < 0:
+            raise ConfigError(f"{key}.{field}={e[field]} must be >= 0")
+    if e.batch_size <= 0:
+        raise ConfigError(f"{key}.batch_size={e.batch_size} must be positive")
+    if "templates" in e:
+        prompts.templates(e.templates, key=f"{key}.templates")
+        prompts.check_classnames(e.classnames, key=f"{key}.classnames")
+        if e.zpe_temperature <= 0:
+            raise ConfigError(f"{key}.zpe_temperature must be positive")
+    if "l2" in e:
+        if not e.l2 or any(not isinstance(v, int | float) or v < 0 for v in e.l2):
+            raise ConfigError(f"{key}.l2={e.l2!r} must list one or more values >= 0")
+        if not 0 < e.val_fraction < 1:
+            raise ConfigError(f"{key}.val_fraction={e.val_fraction} must be between 0 and 1")

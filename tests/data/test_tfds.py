@@ -44,10 +44,17 @@ def test_train_and_zeroshot_on_tfds(tmp_path):
         "--config.evals.zeroshot.dataset=tfds:vlx_tiny_captions:test",
         "--config.evals.zeroshot.templates=simple",
         "--config.evals.zeroshot.every_steps=0",
+        "--config.evals.probe.dataset=tfds:vlx_tiny_captions",
+        "--config.evals.probe.train_split=train",
+        "--config.evals.probe.l2=(0.001,)",
     )
     assert code == 0
     records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert next(r for r in records if "zeroshot/top1" in r)["zeroshot/num_examples"] == 6
+    probe = next(r for r in records if "probe/accuracy" in r)
+    # The train example with an empty caption still has an image: a probe uses it.
+    assert probe["probe/num_train"] == 12 and probe["probe/num_test"] == 6
+    assert probe["probe/num_skipped"] == 0
     train_records = [r for r in records if "train/loss" in r]
     # 16 examples drawn from 12: the empty-caption one was met, skipped and counted.
     assert len(train_records) == 2 and train_records[-1]["data/skipped"] >= 1

@@ -4,7 +4,8 @@ Each example is a shape (circle, square, triangle, cross) of one colour, size an
 noisy background, captioned in words ("a large red circle on the left"). The class of an image
 is its (colour, shape) pair. Some pairs never appear in the training split (`holdout=True`): the
 test split draws from all pairs, so zero-shot accuracy on the held-out pairs measures whether the
-model composes words it learned separately. Examples are a pure function of (split, index): the
+model composes words it learned separately. The probe split (all pairs, other images) trains
+linear probes. Examples are a pure function of (split, index): the
 source is random-access, deterministic and needs no files.
 """
 
@@ -43,7 +44,8 @@ WORDS = sorted(
     {w for text in (*COLORS, *SHAPES, *SIZES, *POSITIONS, *TEMPLATES) for w in text.split()}
     - {"{}"}
 )
-_SPLIT_SEED = {"train": 0, "test": 1}
+_SPLIT_SEED = {"train": 0, "test": 1, "probe": 2}
+EVAL_EXAMPLES = 1000  # the size of a test or probe split unless an evaluator sets num_examples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ class DemoSource:
 
     def __post_init__(self):
         if self.split not in _SPLIT_SEED:
-            raise ValueError(f"demo split {self.split!r}: choose train or test")
+            raise ValueError(f"demo split {self.split!r}: choose one of {', '.join(_SPLIT_SEED)}")
 
     @property
     def classes(self) -> tuple[str, ...]:

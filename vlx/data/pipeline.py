@@ -27,7 +27,7 @@ MAX_CONSECUTIVE_BAD = 100
 
 
 class LoadExample(grain.transforms.RandomMap):
-    """index -> dict(image uint8 [S, S, 3], caption, label, skipped)."""
+    """index -> dict(image uint8 [S, S, 3], caption, label, skipped, index)."""
 
     def __init__(
         self,
@@ -47,25 +47,36 @@ class LoadExample(grain.transforms.RandomMap):
         self.interpolation = interpolation
 
     def random_map(self, index, rng: np.random.Generator) -> dict:
+        """Training replaces a bad example by the next good one; evaluation, where every
+        example must count once, returns a placeholder with `skipped=1` that is masked out."""
         reason = ""
-        for attempt in range(MAX_CONSECUTIVE_BAD):
+        for attempt in range(MAX_CONSECUTIVE_BAD if self.train else 1):
             i = (int(index) + attempt) % len(self.source)
             try:
                 example = self.source[i]
                 captions = [c for c in example["captions"] if c and c.strip()]
-                if not captions:
+                if self.train and not captions:  # evaluators need only the image
                     raise ValueError("empty caption")
                 image = self._image(example["image"], rng)
             except Exception as e:  # any bad example is skipped, never a crash mid-run
                 reason = f"example {i} of {self.source!r}: {type(e).__name__}: {e}"
                 log.warning("skipped %s", reason)
                 continue
-            caption = captions[rng.integers(len(captions))] if self.train else captions[0]
+            caption = captions[rng.integers(len(captions))] if self.train else (captions or [""])[0]
             return dict(
                 image=image,
                 caption=caption,
                 label=np.int32(example.get("label", -1)),
                 skipped=np.int32(attempt),
+                index=np.int32(i),
+            )
+        if not self.train:
+            return dict(
+                image=np.zeros((self.size, self.size, 3), np.uint8),
+                caption="",
+                label=np.int32(-1),
+                skipped=np.int32(1),
+                index=np.int32(index),
             )
         raise DataError(f"{MAX_CONSECUTIVE_BAD} consecutive examples are bad; last: {reason}")
 
@@ -201,8 +212,9 @@ def eval_batches(
 ) -> Iterator[dict]:
     """Every example once, in order: full batches, the last one padded and masked.
 
-    Each batch has `mask` (1 for real examples) so that padding never counts. Processes take
-    contiguous, equally sized ranges; a process whose range is shorter pads more.
+    Each batch has `mask` (1 for real examples) and `index` (the source index), so that padding
+    and images that fail to load never count. Processes take contiguous, equally sized ranges; a
+    process whose range is shorter pads more.
     """
     n = len(source) if num_examples is None else min(num_examples, len(source))
     per_process = -(-n // process_count)
@@ -214,7 +226,7 @@ def eval_batches(
         load = LoadExample(source, image_size, train=False, interpolation=interpolation)
         ds = ds.random_map(load, seed=0)
     else:
-        ds = ds.map(lambda i: source[int(i)])
+        ds = ds.map(lambda i: {**source[int(i)], "index": np.int32(i)})
     ds = ds.batch(batch_size, drop_remainder=False)
     if tokenizer is not None:
         ds = ds.map(TokenizeBatch(tokenizer))
@@ -228,7 +240,8 @@ def _pad(batch: dict | None, size: int, image_size: int | None) -> dict:
         s = image_size or 1
         batch = {"image": np.zeros((0, s, s, 3), np.uint8), "label": np.zeros((0,), np.int32)}
     n = len(batch["label"])
-    out = {"mask": np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])}
+    valid = 1 - np.asarray(batch.get("skipped", np.zeros(n)), np.float32)
+    out = {"mask": np.concatenate([valid, np.zeros(size - n, np.float32)])}
     for key, value in batch.items():
         if not isinstance(value, np.ndarray) or value.ndim == 0:
             continue

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlx.data import demo
 from vlx.data.demo import DemoSource
 from vlx.data.records import ArrayRecordSource
 from vlx.errors import DataError
@@ -40,7 +41,8 @@ def build(spec: str, *, split: str, image_size: int, data_cfg, num_examples: int
     if spec == "demo":
         return DemoSource(
             split=split,
-            num_examples=num_examples or data_cfg.demo.num_examples,
+            num_examples=num_examples
+            or (data_cfg.demo.num_examples if split == "train" else demo.EVAL_EXAMPLES),
             image_size=image_size,
             holdout=data_cfg.demo.holdout,
         )

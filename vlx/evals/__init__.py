@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from vlx.evals import retrieval, zeroshot
+from vlx.evals import linear_probe, retrieval, zeroshot
 
-EVALUATORS = {"zeroshot": zeroshot.run, "retrieval": retrieval.run}
+EVALUATORS = {
+    "zeroshot": zeroshot.run,
+    "retrieval": retrieval.run,
+    "linear_probe": linear_probe.run,
+}
 
 
 def prefix(name: str, eval_cfg) -> str:

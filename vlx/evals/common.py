@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,8 +18,22 @@ from vlx.data.transforms import normalize
 
 
 @dataclasses.dataclass
+class Embedded:
+    """A dataset's image embeddings in source order; images that failed to load are left out."""
+
+    images: np.ndarray  # [N, E] float32, L2-normalised
+    labels: np.ndarray  # [N] int, -1 when unlabelled
+    index: np.ndarray  # [N] the source index of each row
+    skipped: int  # examples that failed to load
+
+
+@dataclasses.dataclass
 class EvalContext:
-    """What an evaluator needs: the model, the mesh, the data settings and the tokenizer."""
+    """What an evaluator needs: the model, the mesh, the data settings and the tokenizer.
+
+    `save_dir`, when set, receives each evaluator's embeddings (`<name>.npz`) so that its
+    numbers can be recomputed outside vlx.
+    """
 
     cfg: object
     mesh: jax.sharding.Mesh
@@ -25,10 +41,12 @@ class EvalContext:
     model_state: nnx.State
     model_sharding: object
     tokenizer: Tokenizer
+    save_dir: Path | None = None
 
     def __post_init__(self):
         kind = self.cfg.data.normalize
         gd, batch = self.graphdef, parallel.batch_sharding(self.mesh)
+        self._sharding = batch
         self._images = jax.jit(
             parallel.traced_on(
                 self.mesh, lambda st, x: nnx.merge(gd, st).encode_image(normalize(x, kind))
@@ -47,58 +65,73 @@ class EvalContext:
         return self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
     def round_batch(self, size: int) -> int:
-        """`size` rounded up to a multiple of the batch shards (per process)."""
+        """The per-process batch for a global `size`: a multiple of this process's shards."""
         unit = max(1, self.shards // jax.process_count())
-        return -(-size // unit) * unit
+        per_process = -(-size // jax.process_count())
+        return -(-per_process // unit) * unit
 
-    def embed(self, fn, local: np.ndarray) -> np.ndarray:
-        """Runs an encoder on this process's rows; all rows of all processes, on every host."""
-        n = len(local)
-        size = self.round_batch(n)
-        padded = np.concatenate([local, np.zeros((size - n, *local.shape[1:]), local.dtype)])
-        out = fn(self.model_state, parallel.global_batch({"x": padded}, self.mesh)["x"])
-        return gather(out)[: n * jax.process_count()]
+    def embed_texts(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """[N, E] for `texts`, the same list on every process, `batch_size` texts at a time."""
+        tokens, _ = self.tokenizer(list(texts))
+        size = self.round_batch(batch_size) * jax.process_count()
+        out = []
+        for start in range(0, len(tokens), size):
+            chunk = tokens[start : start + size]
+            padded = np.concatenate(
+                [chunk, np.zeros((size - len(chunk), chunk.shape[1]), chunk.dtype)]
+            )
+            rows = jax.make_array_from_callback(padded.shape, self._sharding, padded.__getitem__)
+            out.append(gather(self._texts(self.model_state, rows))[: len(chunk)])
+        return np.concatenate(out) if out else np.zeros((0, self.cfg.model.embed_dim), np.float32)
 
-    def embed_images(self, images: np.ndarray) -> np.ndarray:
-        return self.embed(self._images, images)
-
-    def embed_texts(self, texts: list[str]) -> np.ndarray:
-        tokens, _ = self.tokenizer(texts)
-        return self.embed(self._texts, tokens)
-
-    def source(self, eval_cfg):
+    def source(self, eval_cfg, *, split: str = "", dataset: str = "", num_examples: int = -1):
+        """The evaluator's dataset, or another `dataset`/`split` of it (with `num_examples`)."""
+        num_examples = eval_cfg.num_examples if num_examples < 0 else num_examples
         return sources.build(
-            eval_cfg.dataset,
-            split=eval_cfg.split,
+            dataset or eval_cfg.dataset,
+            split=split or eval_cfg.split,
             image_size=self.cfg.model.image.image_size,
             data_cfg=self.cfg.data,
-            num_examples=eval_cfg.num_examples,
+            num_examples=num_examples or None,
         )
 
-    def image_embeddings(self, source, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(embeddings [N, E], labels [N]) for the whole source, padding dropped."""
+    def embed_images(self, source, batch_size: int, num_examples: int = 0) -> Embedded:
+        """Embeds every example of `source` (the first `num_examples` when > 0) once.
+
+        Each process loads its own range; images, masks, labels and indices travel in the same
+        global batch, so they come back aligned whatever the device order."""
         size = self.round_batch(batch_size)
-        embs, labels = [], []
-        for batch in pipeline.eval_batches(
+        keep = []
+        for local in pipeline.eval_batches(
             source,
             None,
             batch_size=size,
             image_size=self.cfg.model.image.image_size,
+            num_examples=num_examples or None,
             interpolation=self.cfg.data.interpolation,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         ):
-            emb = self.embed_images(batch["image"])
+            batch = parallel.global_batch(
+                {k: local[k] for k in ("image", "mask", "label", "index")}, self.mesh
+            )
+            emb = gather(self._images(self.model_state, batch["image"]))
             mask = gather(batch["mask"]) > 0
-            embs.append(emb[mask])
-            labels.append(gather(batch["label"])[mask])
-        return np.concatenate(embs), np.concatenate(labels)
+            keep.append((emb[mask], gather(batch["label"])[mask], gather(batch["index"])[mask]))
+        images, labels, index = (np.concatenate(parts) for parts in zip(*keep, strict=True))
+        order = np.argsort(index, kind="stable")
+        n = len(source) if not num_examples else min(num_examples, len(source))
+        return Embedded(images[order], labels[order], index[order], skipped=n - len(index))
+
+    def save(self, name: str, **arrays) -> None:
+        """Writes `arrays` to `save_dir/<name>.npz` (process 0, only when saving is on)."""
+        if self.save_dir is not None and jax.process_index() == 0:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(self.save_dir / f"{name}.npz", **arrays)
 
 
 def gather(x) -> np.ndarray:
-    """A global jax.Array or per-process numpy rows -> the full numpy array on every process."""
-    if isinstance(x, jax.Array) and x.is_fully_addressable:
+    """A global jax.Array -> the full numpy array on every process."""
+    if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
-    if jax.process_count() == 1:
-        return np.asarray(x)
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -43,19 +43,24 @@ def recalls(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, chun
 
 def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
     source = context.source(eval_cfg)
-    images, _ = context.image_embeddings(source, eval_cfg.batch_size)
+    data = context.embed_images(source, eval_cfg.batch_size, eval_cfg.num_examples)
     captions, owner = [], []
-    for i in range(len(images)):
-        for caption in source[i]["captions"]:
-            captions.append(caption)
-            owner.append(i)
-    texts = np.concatenate(
-        [
-            context.embed_texts(captions[s : s + eval_cfg.batch_size])
-            for s in range(0, len(captions), eval_cfg.batch_size)
-        ]
-    )
-    out = {f"{prefix}/{k}": v for k, v in recalls(images, texts, np.asarray(owner)).items()}
-    out[f"{prefix}/num_images"] = len(images)
+    for row, i in enumerate(data.index):
+        for caption in source[int(i)]["captions"]:
+            if caption and caption.strip():
+                captions.append(caption)
+                owner.append(row)
+    texts = context.embed_texts(captions, eval_cfg.batch_size)
+    owner = np.asarray(owner)
+    out = {f"{prefix}/{k}": v for k, v in recalls(data.images, texts, owner).items()}
+    out[f"{prefix}/num_images"] = len(data.images)
     out[f"{prefix}/num_captions"] = len(captions)
+    out[f"{prefix}/num_skipped"] = data.skipped
+    context.save(
+        name,
+        image_embeddings=data.images,
+        text_embeddings=texts,
+        caption_owner=owner,
+        index=data.index,
+    )
     return out

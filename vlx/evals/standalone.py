@@ -15,9 +15,12 @@ from vlx.evals.common import EvalContext
 from vlx.metrics import MetricWriter
 
 
-def evaluate(workdir: str | Path, step: int | None = None, overrides=()) -> tuple[int, dict]:
+def evaluate(
+    workdir: str | Path, step: int | None = None, overrides=(), *, save_embeddings: bool = False
+) -> tuple[int, dict]:
     """Runs `workdir`'s evaluators (with `overrides`) on its checkpoint of `step` (default: the
-    latest); appends the results to metrics.jsonl and writes `eval/<step>.json`."""
+    latest); appends the results to metrics.jsonl and writes `eval/<step>.json`. With
+    `save_embeddings`, each evaluator's embeddings go to `eval/<step>/<name>.npz`."""
     from vlx import train
 
     workdir = Path(workdir)
@@ -41,7 +44,13 @@ def evaluate(workdir: str | Path, step: int | None = None, overrides=()) -> tupl
     state = train.create_state(cfg, mesh, eos_id=tok.eos_id, tx=None)
     arrays, _ = ckpt.restore(step, state.arrays, only=("model",))
     context = EvalContext(
-        cfg, mesh, state.graphdefs["model"], arrays["model"], state.shardings["model"], tok
+        cfg,
+        mesh,
+        state.graphdefs["model"],
+        arrays["model"],
+        state.shardings["model"],
+        tok,
+        save_dir=workdir / "eval" / str(step) if save_embeddings else None,
     )
     results = evals.run_all(cfg, context, step, force=True)
     if jax.process_index() == 0:
