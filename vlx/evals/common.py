@@ -15,6 +15,7 @@ from vlx import parallel
 from vlx.data import pipeline, sources
 from vlx.data.tokenizer import Tokenizer
 from vlx.data.transforms import normalize
+from vlx.errors import DataError
 
 
 @dataclasses.dataclass
@@ -118,9 +119,11 @@ class EvalContext:
             emb = gather(self._images(self.model_state, batch["image"]))
             mask = gather(batch["mask"]) > 0
             keep.append((emb[mask], gather(batch["label"])[mask], gather(batch["index"])[mask]))
+        n = len(source) if not num_examples else min(num_examples, len(source))
+        if not keep:
+            raise DataError(f"{source!r} has no examples to evaluate")
         images, labels, index = (np.concatenate(parts) for parts in zip(*keep, strict=True))
         order = np.argsort(index, kind="stable")
-        n = len(source) if not num_examples else min(num_examples, len(source))
         return Embedded(images[order], labels[order], index[order], skipped=n - len(index))
 
     def save(self, name: str, **arrays) -> None:
