@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.export.helpers import zero_shot_predictions_agree
 from tests.helpers import cli_train, tiny_config
 from vlx import cli, optim, parallel, train
 from vlx.data import demo
@@ -131,6 +132,9 @@ def test_demo_trains_from_the_cli(tmp_path, capsys):
     assert cli.main(["plot", "--workdir", str(workdir)]) == 0
     for name in ("training.png", "eval.png"):
         assert (workdir / "plots" / name).read_bytes().startswith(b"\x89PNG")
+
+    # Exported to transformers and open_clip, the model predicts exactly what vlx predicts.
+    assert zero_shot_predictions_agree(workdir, tmp_path) > 0.8
 
 
 def recompute_from_embeddings(saved, results):

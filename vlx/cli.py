@@ -74,6 +74,14 @@ def _eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _export(args, overrides: list[str]) -> int:
+    from vlx import export
+
+    out = export.export(args.workdir, args.out, args.format, args.step)
+    print(f"exported {args.workdir} to {out} ({args.format})")
+    return 0
+
+
 def _plot(args, overrides: list[str]) -> int:
     from vlx import plot
 
@@ -201,6 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each evaluator's embeddings and labels to WORKDIR/eval/STEP/NAME.npz",
     )
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser(
+        "export",
+        help="write a checkpoint as a transformers or open_clip model directory",
+        description="Export a checkpoint of WORKDIR for PyTorch: --format hf writes a directory "
+        "that transformers' CLIPModel/SiglipModel and AutoProcessor load; --format open_clip one "
+        "that open_clip loads as local-dir:OUT.",
+    )
+    p.add_argument("--workdir", required=True, help="a training workdir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--format", required=True, choices=("hf", "open_clip"))
+    p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    p.set_defaults(run=_export)
 
     p = sub.add_parser(
         "plot",

@@ -53,7 +53,8 @@ def defaults() -> ml_collections.ConfigDict:
         keep_every=0,  # also keep every checkpoint at a multiple of this step forever (0: none)
         async_save=True,
     )
-    c.init_from = ""  # weights only, from a workdir or checkpoint directory; starts at step 0
+    c.init_from = ""  # weights only, starting at step 0: a workdir or checkpoint directory, or
+    #                   hf:PATH / open_clip:PATH (+ #image or #text for one tower)
     c.skip_nonfinite = False  # skip (and count) updates whose loss is not finite, else stop
 
     image = _tower_defaults()

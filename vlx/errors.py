@@ -23,3 +23,7 @@ class CheckpointError(VlxError, ValueError):
 
 class TrainingError(VlxError, RuntimeError):
     """Training cannot go on (for example, the loss is no longer finite)."""
+
+
+class ExportError(VlxError, ValueError):
+    """A model that a PyTorch format cannot represent, or a checkpoint that cannot be read."""

@@ -15,13 +15,14 @@ import optax
 from flax import nnx
 
 from vlx import checkpoint as checkpoint_lib
-from vlx import evals, losses, optim, parallel
+from vlx import config, evals, losses, optim, parallel
 from vlx.checkpoint import Checkpointer
 from vlx.data import pipeline
 from vlx.data import tokenizer as tokenizer_lib
 from vlx.data.transforms import normalize
 from vlx.errors import CheckpointError, ConfigError, DataError, TrainingError
 from vlx.evals.common import EvalContext
+from vlx.export import imports
 from vlx.metrics import MetricWriter, NullProgress
 from vlx.models.two_tower import TwoTower
 
@@ -148,6 +149,9 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     """
     progress = progress or NullProgress()
     workdir = Path(workdir)
+    if imports.is_pytorch(cfg.init_from):
+        imports.derive_config(cfg)
+        config.validate(cfg)
     mesh = parallel.make_mesh(cfg.mesh)
     local_batch = parallel.batch_size_per_process(cfg.batch_size, mesh)
     tok = load_tokenizer(cfg)
@@ -269,6 +273,9 @@ def restore_or_init(cfg, workdir: Path, state: TrainState) -> tuple[dict, int, d
             arrays, data_state = ckpt.restore(step, state.arrays)
             log.info("resuming from the checkpoint of step %d in %s", step, ckpt_dir)
             return arrays, step, data_state
+    if imports.is_pytorch(cfg.init_from):
+        model = imports.load(cfg, state.arrays["model"], state.shardings["model"])
+        return {**state.arrays, "model": model}, 0, None
     if cfg.init_from:
         ckpt, step = checkpoint_lib.find(cfg.init_from)
         arrays, _ = ckpt.restore(step, state.arrays, only=("model",))
@@ -298,3 +305,39 @@ def nonfinite_message(step: int, ckpt: Checkpointer) -> str:
         f"the loss is not finite at step {step}; {where}. Lower optim.lr or set "
         "--config.skip_nonfinite=true to skip such updates"
     )
+
+
+@dataclasses.dataclass
+class Trained:
+    """A workdir's model at one checkpoint, restored onto the mesh of its config."""
+
+    cfg: object
+    step: int
+    mesh: jax.sharding.Mesh
+    tokenizer: tokenizer_lib.Tokenizer
+    state: TrainState  # the model only
+    model: nnx.State  # its arrays at `step`
+
+
+def load_trained(workdir: str | Path, step: int | None = None, overrides=()) -> Trained:
+    """The model of `workdir` at checkpoint `step` (default: the latest), with its config
+    (plus `overrides`) and tokenizer; for `vlx eval` and `vlx export`."""
+    workdir = Path(workdir)
+    if not (workdir / "config.json").is_file():
+        raise ConfigError(f"{workdir} has no config.json; is it a vlx workdir?")
+    cfg = config.from_dict(json.loads((workdir / "config.json").read_text()))
+    for item in overrides:
+        config.apply_override(cfg, item)
+    config.validate(cfg)
+    ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
+    step = ckpt.latest_step() if step is None else step
+    if step is None or step not in ckpt.manager.all_steps():
+        raise CheckpointError(
+            f"no checkpoint of step {step} in {workdir / 'checkpoints'}; "
+            f"available: {sorted(ckpt.manager.all_steps())}"
+        )
+    mesh = parallel.make_mesh(cfg.mesh)
+    tok = tokenizer_lib.load(str(workdir / "tokenizer"), cfg.model.text.context_length)
+    state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=None)
+    arrays, _ = ckpt.restore(step, state.arrays, only=("model",))
+    return Trained(cfg, step, mesh, tok, state, arrays["model"])

@@ -19,7 +19,7 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 from vlx.data import demo
 from vlx.errors import ConfigError
 
-DEMO_SPECIALS = ("<pad>", "<unk>", "<eos>")
+DEMO_SPECIALS = ("<pad>", "<eos>", "<unk>")  # EOS is not 2: transformers' CLIP treats 2 apart
 
 
 class Tokenizer:

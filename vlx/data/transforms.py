@@ -78,12 +78,15 @@ def random_resized_crop(
 
 
 def resize_center_crop(pil: Image.Image, size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Shorter side resized to `size`, then the central size x size crop."""
+    """Shorter side resized to `size`, then the central size x size crop.
+
+    Sizes round down, as in transformers' CLIPImageProcessor and torchvision's Resize, so an
+    exported model's processor reproduces these pixels exactly."""
     w, h = pil.size
     if (w, h) == (size, size):
         return np.asarray(pil)
-    s = size / min(w, h)
-    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    short = min(w, h)
+    nw, nh = max(size, w * size // short), max(size, h * size // short)
     pil = pil.resize((nw, nh), INTERPOLATION[interpolation])
     x, y = (nw - size) // 2, (nh - size) // 2
     return np.asarray(pil.crop((x, y, x + size, y + size)))

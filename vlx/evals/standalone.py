@@ -7,10 +7,8 @@ from pathlib import Path
 
 import jax
 
-from vlx import config, evals, parallel
-from vlx.checkpoint import Checkpointer
-from vlx.data import tokenizer as tokenizer_lib
-from vlx.errors import CheckpointError, ConfigError
+from vlx import evals
+from vlx.errors import ConfigError
 from vlx.evals.common import EvalContext
 from vlx.metrics import MetricWriter
 
@@ -24,32 +22,17 @@ def evaluate(
     from vlx import train
 
     workdir = Path(workdir)
-    if not (workdir / "config.json").is_file():
-        raise ConfigError(f"{workdir} has no config.json; is it a vlx workdir?")
-    cfg = config.from_dict(json.loads((workdir / "config.json").read_text()))
-    for item in overrides:
-        config.apply_override(cfg, item)
-    config.validate(cfg)
+    trained = train.load_trained(workdir, step, overrides)
+    cfg, step = trained.cfg, trained.step
     if not cfg.evals:
         raise ConfigError("no evaluators configured; add some with --config.evals={...}")
-    ckpt = Checkpointer(workdir / "checkpoints", read_only=True)
-    step = ckpt.latest_step() if step is None else step
-    if step is None or step not in ckpt.manager.all_steps():
-        raise CheckpointError(
-            f"no checkpoint of step {step} in {workdir / 'checkpoints'}; "
-            f"available: {sorted(ckpt.manager.all_steps())}"
-        )
-    mesh = parallel.make_mesh(cfg.mesh)
-    tok = tokenizer_lib.load(str(workdir / "tokenizer"), cfg.model.text.context_length)
-    state = train.create_state(cfg, mesh, eos_id=tok.eos_id, tx=None)
-    arrays, _ = ckpt.restore(step, state.arrays, only=("model",))
     context = EvalContext(
         cfg,
-        mesh,
-        state.graphdefs["model"],
-        arrays["model"],
-        state.shardings["model"],
-        tok,
+        trained.mesh,
+        trained.state.graphdefs["model"],
+        trained.model,
+        trained.state.shardings["model"],
+        trained.tokenizer,
         save_dir=workdir / "eval" / str(step) if save_embeddings else None,
     )
     results = evals.run_all(cfg, context, step, force=True)

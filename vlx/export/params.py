@@ -1,0 +1,68 @@
+"""A vlx model's arrays as one flat dict with dotted keys, one entry per layer.
+
+Scanned encoders stack their blocks on a leading axis (`image.encoder.blocks.attn.query.kernel`
+[L, ...]); here every layer has its own keys (`image.encoder.blocks.3.attn.query.kernel`), so
+the export tables need not know whether the model was scanned.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCKS = ".encoder.blocks."
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _stacked(key: str) -> tuple[str, str] | None:
+    """(head, tail) of a key of stacked (scanned) layers, else None."""
+    head, sep, tail = key.partition(BLOCKS)
+    return (head, tail) if sep and not tail.split(".")[0].isdigit() else None
+
+
+def _per_layer(flat: dict, split) -> dict:
+    out = {}
+    for key, value in flat.items():
+        parts = _stacked(key)
+        if parts is None:
+            out[key] = value
+            continue
+        for i, layer in enumerate(split(value)):
+            out[f"{parts[0]}{BLOCKS}{i}.{parts[1]}"] = layer
+    return out
+
+
+def flatten(tree: dict) -> dict[str, np.ndarray]:
+    """Nested dict of arrays -> {dotted key: numpy array}, scanned layers unstacked."""
+    return _per_layer({k: np.asarray(v) for k, v in _leaves(tree).items()}, list)
+
+
+def shapes(tree: dict) -> dict[str, tuple[int, ...]]:
+    """Per-layer shapes of a nested dict of arrays or shape-dtype structs."""
+    flat = {k: tuple(v.shape) for k, v in _leaves(tree).items()}
+    return _per_layer(flat, lambda shape: [shape[1:]] * shape[0])
+
+
+def unflatten(flat: dict[str, np.ndarray], template: dict, prefix: str = "") -> dict:
+    """The inverse of `flatten`, shaped like `template` (stacking layers where it is scanned)."""
+    out = {}
+    for key, value in template.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = unflatten(flat, value, f"{name}.")
+            continue
+        parts = _stacked(name)
+        if parts is not None:
+            layers = range(value.shape[0])
+            out[key] = np.stack([flat[f"{parts[0]}{BLOCKS}{i}.{parts[1]}"] for i in layers])
+        else:
+            out[key] = flat[name]
+    return out
