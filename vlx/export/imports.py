@@ -204,7 +204,7 @@ def load(cfg, model_arrays: nnx.State, shardings) -> nnx.State:
     """`model_arrays` with the imported towers' weights put in, on `shardings`."""
     fmt, path, towers = parse(cfg.init_from)
     if fmt == "hf":
-        kind = hf.style(cfg.model, eos_id=-1)
+        kind = hf.style(cfg.model, eos_id=-1)  # the tokenizer is the user's concern here
         rows = hf.rows(cfg.model, kind)
         state = read_weights(path, ("model.safetensors", "pytorch_model.bin"))
     else:
@@ -219,29 +219,21 @@ def load(cfg, model_arrays: nnx.State, shardings) -> nnx.State:
             ),
         )
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    wanted = [r for r in rows if all(_tower_of(v) in (*towers, None) for v in r[1])]
-    if towers != TOWERS:
-        wanted = [r for r in wanted if all(_tower_of(v) is not None for v in r[1])]
-    missing = [r[0] for r in wanted if r[0] not in state]
+    known = {r[0] for r in rows}
+    if towers != TOWERS:  # one tower: its rows only (not the logit scale and bias)
+        rows = [r for r in rows if all(k.startswith(f"{towers[0]}.") for k in r[1])]
+    missing = [r[0] for r in rows if r[0] not in state]
     if missing:
         raise ExportError(f"{path}: weights missing for {', '.join(missing[:5])}")
-    unused = sorted(set(state) - {r[0] for r in rows})
+    unused = sorted(set(state) - known)
     if unused:
         raise ExportError(f"{path}: weights vlx does not know: {', '.join(unused[:5])}")
     pure = nnx.to_pure_dict(jax.device_get(model_arrays))
     shapes = params.shapes(pure)
-    imported = layout.from_torch(wanted, state, shapes)
-    for key, value in imported.items():
-        if value.shape != shapes[key]:
-            raise ExportError(f"{path}: {key} has shape {value.shape}, expected {shapes[key]}")
+    imported = layout.from_torch(rows, state, shapes)
     merged = params.unflatten({**params.flatten(pure), **imported}, pure)
     merged = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), merged, pure)
     new = jax.tree.map(lambda x: x, model_arrays)
     nnx.replace_by_pure_dict(new, merged)
     log.info("initialised %s from %s (%d arrays)", "+".join(towers), path, len(imported))
     return jax.device_put(new, shardings)
-
-
-def _tower_of(key: str) -> str | None:
-    head = key.split(".")[0]
-    return head if head in TOWERS else None

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from vlx.errors import ExportError
+
 
 def _heads_in(x):
     return x.reshape(x.shape[0], -1).T
@@ -110,7 +112,15 @@ def from_torch(
     """vlx arrays (by dotted key) from a torch state dict, shaped like `shapes`."""
     out = {}
     for key, targets, kind in rows:
-        value = FROM_TORCH[kind](np.asarray(state[key], np.float32), *(shapes[t] for t in targets))
+        tensor = np.asarray(state[key], np.float32)
+        expected = [shapes[t] for t in targets]
+        try:
+            value = FROM_TORCH[kind](tensor, *expected)
+        except ValueError:
+            raise ExportError(
+                f"{key} has shape {list(tensor.shape)}, which does not fit vlx's "
+                f"{', '.join(targets)} {' + '.join(map(str, expected))}"
+            ) from None
         for target, array in zip(targets, value if len(targets) > 1 else [value], strict=True):
             out[target] = array
     return out
