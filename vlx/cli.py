@@ -12,11 +12,26 @@ import time
 from vlx.errors import VlxError
 
 
+def _start_processes(args) -> None:
+    """Joins a multi-process run when asked to; only process 0 then logs at INFO."""
+    from vlx import distributed
+
+    coords = distributed.Coordinates(
+        args.coordinator, args.num_processes, args.process_id, args.init_timeout
+    )
+    if distributed.initialize(coords) != "single":
+        import jax
+
+        if jax.process_index() != 0:
+            logging.getLogger().setLevel(logging.WARNING)
+
+
 def _train(args, overrides: list[str]) -> int:
     from vlx import config, evals, train
     from vlx.metrics import Progress
 
     cfg = config.load(args.config, overrides)
+    _start_processes(args)
     t0 = time.perf_counter()
     stop, previous = _stop_on_signals()
     try:
@@ -61,6 +76,7 @@ def _number(value) -> str:
 def _eval(args, overrides: list[str]) -> int:
     from vlx.evals import standalone
 
+    _start_processes(args)
     step, results = standalone.evaluate(
         args.workdir, args.step, overrides, save_embeddings=args.save_embeddings
     )
@@ -180,6 +196,24 @@ def _stop_on_signals() -> tuple[threading.Event, dict]:
     return stop, previous
 
 
+def _process_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "multi-process runs",
+        "Only for several processes started by hand; TPU pods and SLURM jobs are detected. "
+        "Also from JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID.",
+    )
+    g.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+    g.add_argument("--num_processes", "--num-processes", type=int, default=None)
+    g.add_argument("--process_id", "--process-id", type=int, default=None)
+    g.add_argument(
+        "--init_timeout",
+        "--init-timeout",
+        type=int,
+        default=300,
+        help="seconds to wait for every process to join (default 300)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlx", description="Train and evaluate image-text dual encoders (CLIP, SigLIP)."
@@ -193,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", required=True, help="config file, e.g. configs/demo.py[:arg]")
     p.add_argument("--workdir", required=True, help="directory for metrics, logs, checkpoints")
+    _process_arguments(p)
     p.set_defaults(run=_train)
 
     p = sub.add_parser(
@@ -208,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write each evaluator's embeddings and labels to WORKDIR/eval/STEP/NAME.npz",
     )
+    _process_arguments(p)
     p.set_defaults(run=_eval)
 
     p = sub.add_parser(

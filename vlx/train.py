@@ -11,8 +11,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from vlx import checkpoint as checkpoint_lib
 from vlx import config, evals, losses, optim, parallel
@@ -211,7 +213,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
             if block_each_step:
                 jax.block_until_ready(metrics)
             progress.update(step)
-            stopping = stop is not None and stop.is_set()
+            stopping = stop_agreed(stop, step, cfg.log_every)
             saving = step % cfg.checkpoint.every_steps == 0 or step == cfg.total_steps or stopping
             if step % cfg.log_every == 0 or saving:
                 host = jax.device_get(metrics)
@@ -259,6 +261,20 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def stop_agreed(stop, step: int, every: int) -> bool:
+    """Whether to stop after `step`. A single process reads its flag every step; several
+    processes must stop at the same step, so they agree at log steps (a host sync anyway): a
+    stop requested in any process stops all of them."""
+    if stop is None:
+        return False
+    if jax.process_count() == 1:
+        return stop.is_set()
+    if step % every:
+        return False
+    flags = multihost_utils.process_allgather(np.asarray(stop.is_set()))
+    return bool(np.any(flags))
 
 
 def restore_or_init(cfg, workdir: Path, state: TrainState) -> tuple[dict, int, dict | None]:
