@@ -48,3 +48,187 @@ def data_throughput(
         "images_per_sec": round(images_per_sec, 1),
         "images_per_sec_per_worker": round(images_per_sec / max(1, num_workers), 1),
     }
+
+
+def train_step_throughput(cfg, *, steps: int = 10, warmup: int = 3) -> dict:
+    """Compiles the train step of `cfg`, then times `steps` steps on a synthetic batch.
+
+    Reports compile time, step time, images/s (total and per device), the analytic FLOPs of a
+    step (`vlx.flops`), achieved TFLOP/s per device and MFU against the device's peak (the
+    vendor table; on CPU, a measured matmul peak), and peak device memory where reported."""
+    import jax
+    import numpy as np
+
+    from vlx import flops, optim, parallel, train
+
+    mesh = parallel.make_mesh(cfg.mesh)
+    parallel.batch_size_per_process(cfg.batch_size, mesh)
+    tx, schedule = optim.make(cfg.optim, cfg.total_steps)
+    eos = cfg.model.text.vocab_size - 1
+    state = train.create_state(cfg, mesh, eos_id=eos, tx=tx)
+    t0 = time.perf_counter()
+    step_fn = train.make_train_step(cfg, mesh, state, schedule)
+    step_fn = step_fn.lower(state.arrays, train.abstract_batch(cfg, mesh)).compile()
+    compile_s = time.perf_counter() - t0
+    batch = _synthetic_batch(cfg, mesh, eos)
+
+    arrays = state.arrays
+    block_each = jax.default_backend() == "cpu"  # see train(): CPU collective rendezvous
+    for _ in range(warmup):
+        arrays, metrics = step_fn(arrays, batch)
+        jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        arrays, metrics = step_fn(arrays, batch)
+        if block_each:
+            jax.block_until_ready(metrics)
+    jax.block_until_ready((arrays, metrics))
+    step_s = (time.perf_counter() - t0) / steps
+
+    devices = mesh.size
+    kind = jax.devices()[0].device_kind
+    dtype = cfg.model.dtype
+    step_flops = flops.train_step(cfg.model, cfg.batch_size)
+    achieved = step_flops["total"] / step_s / devices
+    peak, peak_source = flops.device_peak(kind, dtype), "table"
+    if peak is None and jax.default_backend() == "cpu":
+        peak, peak_source = cpu_matmul_peak(dtype) / devices, "measured matmul (host / devices)"
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak_bytes = stats.get("peak_bytes_in_use")
+    return {
+        "backend": jax.default_backend(),
+        "device_kind": kind,
+        "devices": devices,
+        "mesh": dict(mesh.shape),
+        "dtype": dtype,
+        "batch_size": cfg.batch_size,
+        "compile_s": round(compile_s, 2),
+        "step_s": round(step_s, 4),
+        "images_per_s": round(cfg.batch_size / step_s, 1),
+        "images_per_s_per_device": round(cfg.batch_size / step_s / devices, 1),
+        "gflops_per_step": round(step_flops["total"] / 1e9, 1),
+        "gflops_per_step_parts": {k: round(v / 1e9, 1) for k, v in step_flops.items()},
+        "tflops_per_device": round(achieved / 1e12, 3),
+        "peak_tflops_per_device": round(peak / 1e12, 3) if peak else None,
+        "peak_source": peak_source if peak else None,
+        "mfu": round(achieved / peak, 4) if peak else None,
+        "peak_memory_gb": round(peak_bytes / 2**30, 2) if peak_bytes else None,
+        "loss": float(np.asarray(metrics["loss"])),
+    }
+
+
+def _synthetic_batch(cfg, mesh, eos: int) -> dict:
+    """Random uint8 images and token rows ending in `eos`, built shard by shard on the mesh."""
+    import jax
+    import numpy as np
+
+    from vlx import parallel
+
+    sharding = parallel.batch_sharding(mesh)
+    b, s, length = cfg.batch_size, cfg.model.image.image_size, cfg.model.text.context_length
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8)
+    tokens = rng.integers(0, eos, (b, length), dtype=np.int32)
+    tokens[:, -1] = eos
+    return {
+        "image": jax.make_array_from_callback(images.shape, sharding, images.__getitem__),
+        "tokens": jax.make_array_from_callback(tokens.shape, sharding, tokens.__getitem__),
+    }
+
+
+def cpu_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul on the host (all cores), the best of `reps`."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((n, n), jnp.dtype(dtype), device=jax.devices()[0])
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        matmul(x).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def loss_memory(batch_size: int, embed_dim: int = 512) -> list[dict]:
+    """Per-device temporary memory XLA plans for the loss and its gradient at global
+    `batch_size` on the current mesh (all devices on the batch axes), for each loss form.
+
+    Read from the compiled program (`memory_analysis`), so it works on CPU, where devices
+    report no live memory. The gathered forms hold [B_local, B] logits per device, the ring
+    [B_local, B_local]; neither ever builds the global B x B."""
+    import jax
+    import jax.numpy as jnp
+
+    from vlx import losses, parallel
+
+    mesh = parallel.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    sharding = parallel.batch_sharding(mesh)
+    z = jax.ShapeDtypeStruct((batch_size, embed_dim), jnp.float32, sharding=sharding)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    rows = []
+    for kind, impl in (("softmax", "gather"), ("sigmoid", "gather"), ("sigmoid", "ring")):
+
+        def loss(zimg, ztxt, scale, bias, kind=kind, impl=impl):
+            return losses.contrastive_loss(
+                zimg, ztxt, scale, bias, kind=kind, impl=impl, mesh=mesh
+            )[0]
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        compiled = grad.lower(z, z, scalar, scalar).compile()
+        temp = compiled.memory_analysis().temp_size_in_bytes
+        local = batch_size // mesh.size
+        rows.append(
+            {
+                "loss": f"{kind}/{impl}",
+                "batch_size": batch_size,
+                "devices": mesh.size,
+                "temp_mib_per_device": round(temp / 2**20, 1),
+                "logits_block_mib": round(
+                    4 * local * (local if impl == "ring" else batch_size) / 2**20, 1
+                ),
+                "global_logits_mib": round(4 * batch_size * batch_size / 2**20, 1),
+            }
+        )
+    return rows
+
+
+def open_clip_step(model_name: str, batch_size: int, *, steps: int = 5, warmup: int = 2) -> dict:
+    """Images/s of open_clip's own training step (torch, fp32, AdamW, its ClipLoss) on this
+    machine's CPU, for a like-for-like comparison with `train_step_throughput`."""
+    import open_clip
+    import torch
+
+    model = open_clip.create_model(model_name, pretrained=None)
+    model.train()
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.2)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, tuple | list) else size
+    images = torch.randn(batch_size, 3, size, size)
+    tokens = torch.randint(0, 49407, (batch_size, model.context_length))
+    tokens[:, -1] = 49407
+
+    def step():
+        img, txt, scale = model(images, tokens)[:3]
+        loss = loss_fn(img, txt, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    step_s = (time.perf_counter() - t0) / steps
+    return {
+        "framework": f"open_clip {open_clip.__version__}, torch {torch.__version__}",
+        "model": model_name,
+        "threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "step_s": round(step_s, 4),
+        "images_per_s": round(batch_size / step_s, 2),
+    }

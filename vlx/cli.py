@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from vlx.errors import VlxError
+from vlx.errors import ConfigError, VlxError
 
 
 def _start_processes(args) -> None:
@@ -179,6 +179,37 @@ def _bench_data(args, overrides: list[str]) -> int:
     return 0
 
 
+def _bench_step(args, overrides: list[str]) -> int:
+    import json
+
+    from vlx import bench, config
+
+    if not args.config:
+        raise ConfigError("vlx bench: give --config CFG (the train step) or a subcommand (data)")
+    cfg = config.load(args.config, overrides)
+    print(json.dumps(bench.train_step_throughput(cfg, steps=args.steps, warmup=args.warmup)))
+    return 0
+
+
+def _bench_loss(args, overrides: list[str]) -> int:
+    import json
+
+    from vlx import bench
+
+    for row in bench.loss_memory(args.batch_size, args.embed_dim):
+        print(json.dumps(row))
+    return 0
+
+
+def _bench_open_clip(args, overrides: list[str]) -> int:
+    import json
+
+    from vlx import bench
+
+    print(json.dumps(bench.open_clip_step(args.model, args.batch_size, steps=args.steps)))
+    return 0
+
+
 def _stop_on_signals() -> tuple[threading.Event, dict]:
     """SIGTERM or SIGINT: finish the current step, save, exit 0. A second SIGINT aborts."""
     stop = threading.Event()
@@ -302,9 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sheet", default="contact_sheet.png", help="PNG to write")
     p.set_defaults(run=_data_inspect)
 
-    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
-        dest="bench_command", required=True
+    p = sub.add_parser(
+        "bench",
+        help="benchmarks: the train step (--config), or the input pipeline (data)",
+        description="With --config: compile and time the train step of a config on synthetic "
+        "batches and print one JSON line (compile time, step time, images/s, FLOPs, MFU, peak "
+        "memory). Override any key with --config.KEY=VALUE.",
     )
+    p.add_argument("--config", default=None, help="config file, e.g. configs/clip_vit_b16.py")
+    p.add_argument("--steps", type=int, default=10, help="timed steps")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.set_defaults(run=_bench_step)
+    bench = p.add_subparsers(dest="bench_command", required=False)
     p = bench.add_parser("data", help="input pipeline images/s")
     p.add_argument("--source", required=True, help="dataset directory or source spec")
     p.add_argument("--workers", type=int, default=0, help="Grain worker processes")
@@ -313,6 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, default=20, help="timed batches (after 3 warm-up)")
     p.add_argument("--tokenizer", default="demo")
     p.set_defaults(run=_bench_data)
+    p = bench.add_parser("loss", help="per-device memory of the loss forms at a large batch")
+    p.add_argument("--batch-size", type=int, default=16384, help="global batch")
+    p.add_argument("--embed-dim", type=int, default=512)
+    p.set_defaults(run=_bench_loss)
+    p = bench.add_parser(
+        "open_clip", help="open_clip's own training step on this machine (needs torch, open_clip)"
+    )
+    p.add_argument("--model", default="ViT-S-32", help="an open_clip model name")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=5)
+    p.set_defaults(run=_bench_open_clip)
     return parser
 
 

@@ -56,6 +56,9 @@ def defaults() -> ml_collections.ConfigDict:
     c.init_from = ""  # weights only, starting at step 0: a workdir or checkpoint directory, or
     #                   hf:PATH / open_clip:PATH (+ #image or #text for one tower)
     c.skip_nonfinite = False  # skip (and count) updates whose loss is not finite, else stop
+    # Gradient accumulation over this many microbatches, GradCache-style: the loss still sees
+    # the whole batch's negatives; memory is that of one microbatch through the towers.
+    c.microbatches = 1
 
     image = _tower_defaults()
     image.update(
@@ -67,6 +70,7 @@ def defaults() -> ml_collections.ConfigDict:
         pool="tok",
         pre_norm=True,
         patch_bias=False,
+        patch_dropout=0.0,  # FLIP: drop this fraction of patch tokens in training (not in eval)
     )
     text = _tower_defaults()
     text.update(
@@ -354,7 +358,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}"
             )
-    for name in ("total_steps", "batch_size", "log_every", "model.embed_dim"):
+    for name in ("total_steps", "batch_size", "log_every", "model.embed_dim", "microbatches"):
         if get(cfg, name) <= 0:
             raise ConfigError(f"{name}={get(cfg, name)} must be positive")
     for axis, size in cfg.mesh.items():
@@ -370,6 +374,14 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             )
     if cfg.model.image.pool == "tok" and not cfg.model.image.class_token:
         raise ConfigError("model.image.pool='tok' needs model.image.class_token=True")
+    if not 0.0 <= cfg.model.image.patch_dropout < 1.0:
+        raise ConfigError(
+            f"model.image.patch_dropout={cfg.model.image.patch_dropout} must be in [0, 1)"
+        )
+    if cfg.batch_size % cfg.microbatches:
+        raise ConfigError(
+            f"microbatches={cfg.microbatches} does not divide batch_size={cfg.batch_size}"
+        )
     if cfg.loss.impl == "ring" and cfg.loss.type != "sigmoid":
         raise ConfigError("loss.impl='ring' exists for loss.type='sigmoid' only")
     for name, e in cfg.evals.items():

@@ -108,7 +108,9 @@ def _sigmoid_ring(zimg, ztxt, scale, bias, *, shards):
 
     carry = (ztxt, loss, row_neg, col_pos, col_neg)
     if shards > 1:
-        carry, _ = jax.lax.scan(step, carry, None, length=shards - 1)
+        # Rematerialised: the backward pass recomputes each block's logits instead of keeping
+        # all of them, so memory stays one [B_local, B_local] block, not [B_local, B].
+        carry, _ = jax.lax.scan(jax.checkpoint(step), carry, None, length=shards - 1)
     _, loss, row_neg, col_pos, col_neg = carry
     psum = lambda x: jax.lax.psum(x, BATCH_AXES)
     i2t = psum(jnp.sum((row_pos > row_neg).astype(jnp.float32))) / total

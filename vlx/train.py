@@ -71,20 +71,30 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
     gd_model, gd_opt = state.graphdefs["model"], state.graphdefs["opt"]
     max_scale = cfg.model.max_logit_scale
 
+    def loss_fn(model, images, tokens, rng, embeddings=None):
+        zimg, ztxt = model(images, tokens, rng=rng) if embeddings is None else embeddings
+        scale, bias = model.scale_and_bias()
+        loss, metrics = losses.contrastive_loss(
+            zimg, ztxt, scale, bias, kind=cfg.loss.type, impl=cfg.loss.impl, mesh=mesh
+        )
+        return loss, (metrics, scale, bias)
+
     def step(arrays, batch):
         model = nnx.merge(gd_model, arrays["model"])
         opt = nnx.merge(gd_opt, arrays["opt"])
         images = normalize(batch["image"], cfg.data.normalize)
 
-        def loss_fn(model):
-            zimg, ztxt = model(images, batch["tokens"])
-            scale, bias = model.scale_and_bias()
-            loss, metrics = losses.contrastive_loss(
-                zimg, ztxt, scale, bias, kind=cfg.loss.type, impl=cfg.loss.impl, mesh=mesh
+        # Training randomness (patch dropout) from (seed, step): nothing to checkpoint.
+        rng = None
+        if cfg.model.image.patch_dropout > 0:
+            rng = jax.random.fold_in(jax.random.key(cfg.seed), opt.step[...])
+        if cfg.microbatches == 1:
+            grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+            (loss, (metrics, scale, bias)), grads = grad_fn(model, images, batch["tokens"], rng)
+        else:
+            loss, (metrics, scale, bias), grads = grad_cache(
+                model, images, batch["tokens"], cfg.microbatches, loss_fn, rng
             )
-            return loss, (metrics, scale, bias)
-
-        (loss, (metrics, scale, bias)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         lr = lr_schedule(opt.step[...])
         opt.update(model, grads)
         # As open_clip does: the stored log-scale never leaves [0, max], so it can come back down.
@@ -110,6 +120,51 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
         out_shardings=(state.shardings, parallel.replicated(mesh)),
         donate_argnums=0,
     )
+
+
+def grad_cache(model, images, tokens, k: int, loss_fn, rng=None):
+    """(loss, aux, grads) of `loss_fn` over the whole batch, with the towers run on `k`
+    microbatches at a time (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under
+    Memory Limited Setup"): embed every microbatch without keeping activations, take the loss
+    and its gradient with respect to all embeddings at once (every negative in the batch), then
+    backpropagate each microbatch's embedding gradients through its towers and sum. Equal to the
+    full-batch gradient up to float rounding; the towers run forward twice."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    # Model state enters every transform as an argument, never by closure: NNX refuses
+    # variables traced at another level (the towers' nnx.scan checks).
+    def embed(params, rest, imgs, toks, j):
+        key = None if rng is None else jax.random.fold_in(rng, j)  # the same in both passes
+        return nnx.merge(graphdef, params, rest)(imgs, toks, rng=key)
+
+    def split(x):  # [B, ...] -> [k, B/k, ...]; microbatch j holds rows j, j+k, ... (all shards)
+        return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+
+    def join(z):  # [k, B/k, E] -> [B, E] in the original row order
+        return jnp.moveaxis(z, 0, 1).reshape(-1, z.shape[-1])
+
+    micro = (split(images), split(tokens), jnp.arange(k))
+    _, (zimg, ztxt) = jax.lax.scan(lambda c, mb: (c, embed(*c, *mb)), (params, rest), micro)
+
+    def head(params, zimg, ztxt, rest):
+        return loss_fn(nnx.merge(graphdef, params, rest), None, None, None, (zimg, ztxt))
+
+    (loss, aux), (head_grads, dzimg, dztxt) = jax.value_and_grad(
+        head, argnums=(0, 1, 2), has_aux=True
+    )(params, join(zimg), join(ztxt), rest)
+
+    def backward(carry, mb):
+        params, rest, total = carry
+        imgs, toks, j, dzi, dzt = mb
+        _, vjp = jax.vjp(lambda p, r: embed(p, r, imgs, toks, j), params, rest)
+        grads, _ = vjp((dzi, dzt))
+        return (params, rest, jax.tree.map(jnp.add, total, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (_, _, tower_grads), _ = jax.lax.scan(
+        backward, (params, rest, zeros), (*micro, split(dzimg), split(dztxt))
+    )
+    return loss, aux, jax.tree.map(jnp.add, tower_grads, head_grads)
 
 
 def abstract_batch(cfg, mesh) -> dict[str, jax.ShapeDtypeStruct]:

@@ -133,3 +133,22 @@ def test_bad_model_settings_are_one_line_errors():
         build(tiny_config(model=dict(text=dict(width=30, heads=4))))
     with pytest.raises(ConfigError, match="needs model.image.class_token=True"):
         tiny_config(model=dict(image=dict(class_token=False, pool="tok")))
+
+
+def test_patch_dropout_keeps_a_random_subset_in_training_only():
+    cfg = tiny_config(model=dict(image=dict(patch_dropout=0.5, image_size=32, pool="gap")))
+    ref_cfg = tiny_config(model=dict(image=dict(image_size=32, pool="gap")))
+    mesh = parallel.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.RULES):
+        model = TwoTower(cfg.model, eos_id=2, rngs=nnx.Rngs(params=0))
+        ref = TwoTower(ref_cfg.model, eos_id=2, rngs=nnx.Rngs(params=0))
+    assert model.image.keep == 8  # of 16 patches
+    images = jax.random.normal(jax.random.key(1), (3, 32, 32, 3))
+    # Evaluation keeps every patch: the same as a model without patch dropout.
+    np.testing.assert_allclose(model.encode_image(images), ref.encode_image(images), atol=1e-6)
+    a = model.encode_image(images, rng=jax.random.key(0))
+    b = model.encode_image(images, rng=jax.random.key(0))
+    c = model.encode_image(images, rng=jax.random.key(7))
+    np.testing.assert_array_equal(a, b)  # deterministic given the key
+    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-3
+    assert np.abs(np.asarray(a) - np.asarray(model.encode_image(images))).max() > 1e-3

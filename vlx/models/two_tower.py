@@ -42,8 +42,9 @@ class TwoTower(nnx.Module):
             else None
         )
 
-    def encode_image(self, images: jax.Array) -> jax.Array:
-        return _l2_normalize(self.image(images))
+    def encode_image(self, images: jax.Array, *, rng: jax.Array | None = None) -> jax.Array:
+        """`rng`: training randomness (patch dropout); None in evaluation."""
+        return _l2_normalize(self.image(images, rng=rng))
 
     def encode_text(self, tokens: jax.Array) -> jax.Array:
         return _l2_normalize(self.text(tokens))
@@ -54,5 +55,5 @@ class TwoTower(nnx.Module):
         bias = self.logit_bias[...] if self.logit_bias is not None else jnp.zeros((), jnp.float32)
         return scale, bias
 
-    def __call__(self, images: jax.Array, tokens: jax.Array):
-        return self.encode_image(images), self.encode_text(tokens)
+    def __call__(self, images: jax.Array, tokens: jax.Array, *, rng: jax.Array | None = None):
+        return self.encode_image(images, rng=rng), self.encode_text(tokens)

@@ -22,6 +22,11 @@ def sincos2d(grid: int, width: int, temperature: float = 10_000.0) -> np.ndarray
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
 
 
+def kept_patches(patches: int, dropout: float) -> int:
+    """Patch tokens kept per image in training with patch dropout `dropout` (at least one)."""
+    return max(1, int(round(patches * (1.0 - dropout))))
+
+
 class ViT(nnx.Module):
     def __init__(self, cfg, *, embed_dim: int, common: dict, rngs: nnx.Rngs):
         size = variants.resolve(cfg, where="model.image")
@@ -38,6 +43,7 @@ class ViT(nnx.Module):
         spec = layers.BlockSpec.for_tower(size, cfg, common, causal=False)
         self.grid = cfg.image_size // size.patch_size
         self.pool = cfg.pool
+        self.keep = kept_patches(self.grid**2, cfg.patch_dropout)
         self.dtype = spec.dtype
         p = size.patch_size
         self.patch = nnx.Conv(
@@ -73,18 +79,28 @@ class ViT(nnx.Module):
         self.map_head = layers.MapHead(spec, rngs=rngs) if cfg.pool == "map" else None
         self.proj = layers.projection(cfg, size.width, embed_dim, spec, rngs, where="model.image")
 
-    def __call__(self, images: jax.Array) -> jax.Array:
-        """images: float [B, H, W, 3], already normalised. Returns unnormalised [B, E]."""
+    def __call__(self, images: jax.Array, *, rng: jax.Array | None = None) -> jax.Array:
+        """images: float [B, H, W, 3], already normalised. Returns unnormalised [B, E].
+
+        With `rng` (training), patch dropout keeps a random subset of the patch tokens of each
+        image (after their position embedding), FLIP-style; without it every patch is kept."""
         x = self.patch(images.astype(self.dtype))
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
+        cls = self.cls is not None
         if self.posemb is None:
-            x = x + self.fixed_posemb[...].astype(x.dtype)
-        if self.cls is not None:
-            cls = jnp.broadcast_to(self.cls[...].astype(x.dtype), (b, 1, d))
-            x = jnp.concatenate([cls, x], axis=1)
-        if self.posemb is not None:
-            x = x + self.posemb[...].astype(x.dtype)
+            pos = self.fixed_posemb[...]
+        else:
+            pos = self.posemb[...][1:] if cls else self.posemb[...]
+        x = x + pos.astype(x.dtype)
+        if rng is not None and self.keep < h * w:
+            order = jnp.argsort(jax.random.uniform(rng, (b, h * w)), axis=1)
+            x = jnp.take_along_axis(x, order[:, : self.keep, None], axis=1)
+        if cls:
+            token = self.cls[...].astype(x.dtype)
+            if self.posemb is not None:
+                token = token + self.posemb[...][0].astype(x.dtype)
+            x = jnp.concatenate([jnp.broadcast_to(token, (b, 1, d)), x], axis=1)
         if self.ln_pre is not None:
             x = self.ln_pre(x)
         x = self.ln_post(self.encoder(x))

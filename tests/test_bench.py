@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from vlx import cli, config, flops
+
+
+def test_flops_match_published_counts():
+    # open_clip lists ViT-B-16 at 41.09 GFLOPs and ViT-B-32 at 14.78 (image + text, forward,
+    # 2 FLOPs per multiply-add); ViT-B/16 alone is the well-known 17.6 GMACs.
+    b16 = config.load("configs/clip_vit_b16.py").model
+    b32 = config.load("configs/clip_vit_b32.py").model
+    assert flops.image_forward(b16) / 1e9 == pytest.approx(35.13, abs=0.01)
+    assert (flops.image_forward(b16) + flops.text_forward(b16)) / 1e9 == pytest.approx(
+        41.09, abs=0.01
+    )
+    assert (flops.image_forward(b32) + flops.text_forward(b32)) / 1e9 == pytest.approx(
+        14.78, abs=0.01
+    )
+    step = flops.train_step(b16, 256)
+    assert step["loss"] == 3 * 2 * 256 * 256 * 512
+    assert step["total"] == 3 * 256 * 41_086_447_616 + step["loss"]
+
+
+def test_device_peaks():
+    assert flops.device_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+    assert flops.device_peak("TPU v5 lite", "bfloat16") == 197e12
+    assert flops.device_peak("TPU v5", "bfloat16") == 459e12
+    assert flops.device_peak("cpu", "float32") is None
+
+
+def test_bench_prints_one_json_line(capsys):
+    args = ["bench", "--config", "configs/demo.py", "--steps", "2", "--warmup", "1"]
+    assert cli.main([*args, "--config.batch_size=32"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["devices"] == 8 and result["batch_size"] == 32
+    assert result["step_s"] > 0 and result["images_per_s"] == pytest.approx(
+        32 / result["step_s"], rel=0.01
+    )
+    assert result["peak_source"].startswith("measured matmul")
+    assert 0 < result["mfu"] < 1
+    assert result["gflops_per_step"] > 0 and result["compile_s"] > 0
+
+
+def test_loss_memory_per_device_never_holds_the_global_logits(capsys):
+    assert cli.main(["bench", "loss", "--batch-size", "4096", "--embed-dim", "64"]) == 0
+    rows = {r["loss"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    global_mib = rows["softmax/gather"]["global_logits_mib"]
+    assert rows["softmax/gather"]["temp_mib_per_device"] < global_mib
+    assert rows["sigmoid/gather"]["temp_mib_per_device"] < global_mib / 2
+    # The ring keeps one [B_local, B_local] block (rematerialised in the backward pass).
+    assert (
+        rows["sigmoid/ring"]["temp_mib_per_device"] < rows["sigmoid/gather"]["temp_mib_per_device"]
+    )
