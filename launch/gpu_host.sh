@@ -18,4 +18,7 @@ gpu_flags=(
 export XLA_FLAGS="${XLA_FLAGS:-} ${gpu_flags[*]}"
 # Let XLA take most of the GPU memory up front rather than growing it step by step.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}
-exec vlx train "$@"
+# Unrolled layers on GPU: on an H100, ViT-B/16 ran 1.4x faster and in half the memory than
+# with scan over layers (README, Performance); scan compiles in half the time. A later
+# --config.model.scan=true on the command line wins.
+exec vlx train --config.model.scan=false "$@"

@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 
@@ -29,9 +30,9 @@ def test_device_peaks():
     assert flops.device_peak("cpu", "float32") is None
 
 
-def test_bench_prints_one_json_line(capsys):
+def test_bench_prints_one_json_line_and_writes_a_profile(capsys, tmp_path):
     args = ["bench", "--config", "configs/demo.py", "--steps", "2", "--warmup", "1"]
-    assert cli.main([*args, "--config.batch_size=32"]) == 0
+    assert cli.main([*args, "--config.batch_size=32", "--profile", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["devices"] == 8 and result["batch_size"] == 32
     assert result["step_s"] > 0 and result["images_per_s"] == pytest.approx(
@@ -40,6 +41,7 @@ def test_bench_prints_one_json_line(capsys):
     assert result["peak_source"].startswith("measured matmul")
     assert 0 < result["mfu"] < 1
     assert result["gflops_per_step"] > 0 and result["compile_s"] > 0
+    assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
 
 
 def test_loss_memory_per_device_never_holds_the_global_logits(capsys):
@@ -52,3 +54,11 @@ def test_loss_memory_per_device_never_holds_the_global_logits(capsys):
     assert (
         rows["sigmoid/ring"]["temp_mib_per_device"] < rows["sigmoid/gather"]["temp_mib_per_device"]
     )
+
+
+def test_open_clip_reference_step_runs(capsys):
+    args = ["bench", "open_clip", "--model", "ViT-S-32", "--batch-size", "2"]
+    assert cli.main([*args, "--steps", "1", "--warmup", "1", "--precision", "amp_bf16"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["model"] == "ViT-S-32" and result["precision"] == "amp_bf16"
+    assert result["images_per_s"] > 0 and math.isfinite(result["loss"])

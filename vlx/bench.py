@@ -50,12 +50,15 @@ def data_throughput(
     }
 
 
-def train_step_throughput(cfg, *, steps: int = 10, warmup: int = 3) -> dict:
+def train_step_throughput(
+    cfg, *, steps: int = 10, warmup: int = 3, profile_dir: str | None = None
+) -> dict:
     """Compiles the train step of `cfg`, then times `steps` steps on a synthetic batch.
 
     Reports compile time, step time, images/s (total and per device), the analytic FLOPs of a
     step (`vlx.flops`), achieved TFLOP/s per device and MFU against the device's peak (the
-    vendor table; on CPU, a measured matmul peak), and peak device memory where reported."""
+    vendor table; on CPU, a measured matmul peak), and peak device memory where reported.
+    With `profile_dir`, three more steps run under `jax.profiler` after the timed ones."""
     import jax
     import numpy as np
 
@@ -84,6 +87,11 @@ def train_step_throughput(cfg, *, steps: int = 10, warmup: int = 3) -> dict:
             jax.block_until_ready(metrics)
     jax.block_until_ready((arrays, metrics))
     step_s = (time.perf_counter() - t0) / steps
+    if profile_dir:
+        with jax.profiler.trace(profile_dir):
+            for _ in range(3):
+                arrays, metrics = step_fn(arrays, batch)
+            jax.block_until_ready((arrays, metrics))
 
     devices = mesh.size
     kind = jax.devices()[0].device_kind
@@ -195,40 +203,74 @@ def loss_memory(batch_size: int, embed_dim: int = 512) -> list[dict]:
     return rows
 
 
-def open_clip_step(model_name: str, batch_size: int, *, steps: int = 5, warmup: int = 2) -> dict:
-    """Images/s of open_clip's own training step (torch, fp32, AdamW, its ClipLoss) on this
-    machine's CPU, for a like-for-like comparison with `train_step_throughput`."""
+def open_clip_step(
+    model_name: str,
+    batch_size: int,
+    *,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
+) -> dict:
+    """Images/s of open_clip's own training step (AdamW, its ClipLoss) on `device`, as its
+    training script runs it: `precision` fp32 or amp_bf16 (autocast), optionally
+    `torch.compile`d. The like-for-like reference for `train_step_throughput`."""
     import open_clip
     import torch
 
-    model = open_clip.create_model(model_name, pretrained=None)
+    model = open_clip.create_model(model_name, pretrained=None, device=device)
     model.train()
+    if compile:
+        model = torch.compile(model)
     loss_fn = open_clip.ClipLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.2)
-    size = model.visual.image_size
+    unwrapped = getattr(model, "_orig_mod", model)
+    size = unwrapped.visual.image_size
     size = size[0] if isinstance(size, tuple | list) else size
-    images = torch.randn(batch_size, 3, size, size)
-    tokens = torch.randint(0, 49407, (batch_size, model.context_length))
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    tokens = torch.randint(0, 49407, (batch_size, unwrapped.context_length), device=device)
     tokens[:, -1] = 49407
+    autocast = torch.autocast(
+        device_type=torch.device(device).type,
+        dtype=torch.bfloat16,
+        enabled=precision == "amp_bf16",
+    )
 
     def step():
-        img, txt, scale = model(images, tokens)[:3]
-        loss = loss_fn(img, txt, scale)
+        with autocast:
+            img, txt, scale = model(images, tokens)[:3]
+            loss = loss_fn(img, txt, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss
+
+    def sync():
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
 
     for _ in range(warmup):
         step()
+    sync()
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        loss = step()
+    sync()
     step_s = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
     return {
         "framework": f"open_clip {open_clip.__version__}, torch {torch.__version__}",
         "model": model_name,
+        "device": torch.cuda.get_device_name() if peak is not None else "cpu",
         "threads": torch.get_num_threads(),
+        "precision": precision,
+        "compile": compile,
         "batch_size": batch_size,
         "step_s": round(step_s, 4),
         "images_per_s": round(batch_size / step_s, 2),
+        "peak_memory_gb": round(peak / 2**30, 2) if peak is not None else None,
+        "loss": float(loss.detach()),
     }

@@ -187,7 +187,10 @@ def _bench_step(args, overrides: list[str]) -> int:
     if not args.config:
         raise ConfigError("vlx bench: give --config CFG (the train step) or a subcommand (data)")
     cfg = config.load(args.config, overrides)
-    print(json.dumps(bench.train_step_throughput(cfg, steps=args.steps, warmup=args.warmup)))
+    result = bench.train_step_throughput(
+        cfg, steps=args.steps, warmup=args.warmup, profile_dir=args.profile
+    )
+    print(json.dumps(result))
     return 0
 
 
@@ -206,7 +209,16 @@ def _bench_open_clip(args, overrides: list[str]) -> int:
 
     from vlx import bench
 
-    print(json.dumps(bench.open_clip_step(args.model, args.batch_size, steps=args.steps)))
+    result = bench.open_clip_step(
+        args.model,
+        args.batch_size,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+    )
+    print(json.dumps(result))
     return 0
 
 
@@ -343,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="config file, e.g. configs/clip_vit_b16.py")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument(
+        "--profile", default=None, help="write a profiler trace of 3 steps here (TensorBoard)"
+    )
     p.set_defaults(run=_bench_step)
     bench = p.add_subparsers(dest="bench_command", required=False)
     p = bench.add_parser("data", help="input pipeline images/s")
@@ -363,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="ViT-S-32", help="an open_clip model name")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="a torch device: cpu, cuda")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "amp_bf16"))
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.set_defaults(run=_bench_open_clip)
     return parser
 

@@ -91,6 +91,8 @@ def defaults() -> ml_collections.ConfigDict:
         param_dtype="float32",
         scan=True,
         remat="none",
+        # auto: cuDNN flash attention on A100/H100-class GPUs in bfloat16, else XLA's (xla)
+        attention="auto",
     )
 
     c.loss = dict(type="softmax", impl="gather")
@@ -179,6 +181,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
+    "model.attention": ("auto", "xla", "cudnn"),
     "loss.type": ("softmax", "sigmoid"),
     "loss.impl": ("gather", "ring"),
     "optim.schedule": ("cosine", "constant"),
@@ -377,6 +380,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     if not 0.0 <= cfg.model.image.patch_dropout < 1.0:
         raise ConfigError(
             f"model.image.patch_dropout={cfg.model.image.patch_dropout} must be in [0, 1)"
+        )
+    if cfg.model.attention == "cudnn" and cfg.model.dtype != "bfloat16":
+        raise ConfigError(
+            "model.attention='cudnn' needs model.dtype='bfloat16' (cuDNN flash attention "
+            "has no float32 kernels)"
         )
     if cfg.batch_size % cfg.microbatches:
         raise ConfigError(

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlx.models import layers
 from vlx.models.text import TextTransformer
 from vlx.models.vit import ViT
 
@@ -29,6 +30,7 @@ class TwoTower(nnx.Module):
             param_dtype=jnp.dtype(cfg.param_dtype),
             scan=cfg.scan,
             remat=cfg.remat,
+            attention=layers.attention_implementation(cfg.attention, cfg.dtype),
         )
         self.image = ViT(cfg.image, embed_dim=cfg.embed_dim, common=common, rngs=rngs)
         self.text = TextTransformer(
