@@ -2,7 +2,8 @@
 384-wide, 12-layer ViT (patch 32) and a 384-wide, 12-layer text tower, embed 384, exact GELU.
 
 The architecture of the CPU benchmark against open_clip (README, Performance):
-  vlx bench --config configs/clip_vit_s32.py --config.batch_size=64 --config.model.dtype=float32
+  vlx bench --config configs/clip_vit_s32.py --config.batch_size=64 --config.model.dtype=float32 \
+    --config.model.scan=false
 """
 
 import pathlib

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -387,7 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        from vlx import hostenv
+
+        env = hostenv.reexec_environment(os.environ)
+        if env is not None:
+            os.execve(sys.executable, sys.orig_argv, env)
+        argv = sys.argv[1:]
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = build_parser().parse_args(rest)

@@ -22,9 +22,18 @@ def _layer(tokens: int, width: int, mlp: int, kv_tokens: int | None = None) -> i
     )
 
 
-def image_forward(model_cfg, *, train: bool = False) -> int:
+def _encoder(depth: int, tokens: int, width: int, mlp: int, *, pruned: bool) -> int:
+    """`depth` layers; `pruned`: the last computes only the pooled token (`Encoder(keep=)`)."""
+    if not pruned:
+        return depth * _layer(tokens, width, mlp)
+    return (depth - 1) * _layer(tokens, width, mlp) + _layer(1, width, mlp, kv_tokens=tokens)
+
+
+def image_forward(model_cfg, *, train: bool = False, executed: bool = True) -> int:
     """FLOPs of one image through the image tower (with projection); in training, patch
-    dropout leaves fewer tokens after the patch embedding."""
+    dropout leaves fewer tokens after the patch embedding. `executed=False` counts the last
+    layer over every token, as published FLOP counts (open_clip's) do; vlx computes only the
+    pooled token there."""
     from vlx.models.vit import kept_patches
 
     cfg = model_cfg.image
@@ -34,7 +43,7 @@ def image_forward(model_cfg, *, train: bool = False) -> int:
     tokens = kept + (1 if cfg.class_token else 0)
     d, m = size.width, size.mlp_dim
     flops = 2 * patches * (size.patch_size**2 * 3) * d
-    flops += size.depth * _layer(tokens, d, m)
+    flops += _encoder(size.depth, tokens, d, m, pruned=cfg.pool == "tok" and executed)
     if cfg.pool == "map":
         flops += _layer(1, d, m, kv_tokens=tokens)
     if cfg.proj:
@@ -42,11 +51,13 @@ def image_forward(model_cfg, *, train: bool = False) -> int:
     return flops
 
 
-def text_forward(model_cfg) -> int:
-    """FLOPs of one caption through the text tower (with projection)."""
+def text_forward(model_cfg, *, executed: bool = True) -> int:
+    """FLOPs of one caption through the text tower (with projection); `executed` as in
+    `image_forward`."""
     cfg = model_cfg.text
     size = variants.resolve(cfg, where="model.text")
-    flops = size.depth * _layer(cfg.context_length, size.width, size.mlp_dim)
+    pruned = cfg.pool != "mean" and executed
+    flops = _encoder(size.depth, cfg.context_length, size.width, size.mlp_dim, pruned=pruned)
     if cfg.proj:
         flops += 2 * size.width * model_cfg.embed_dim
     return flops

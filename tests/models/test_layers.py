@@ -1,11 +1,33 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests.helpers import tiny_config
+from vlx import parallel
 from vlx.errors import ConfigError
 from vlx.models import layers
+
+
+def _qkvw(t: int, s: int, dtype=jnp.float32):
+    kq, kk, kv, kw = jax.random.split(jax.random.key(t + s), 4)
+    q = jax.random.normal(kq, (2, t, 4, 16), dtype)
+    k, v = (jax.random.normal(key, (2, s, 4, 16), dtype) for key in (kk, kv))
+    return q, k, v, jax.random.normal(kw, (2, t, 4, 16))
+
+
+def _value_and_grads(attention, q, k, v, w):
+    def loss(q, k, v):
+        return jnp.sum(attention(q, k, v).astype(jnp.float32) * w)
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+
+def _jax_attention(causal):
+    return lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal)
 
 
 @pytest.mark.parametrize(
@@ -14,27 +36,49 @@ from vlx.models import layers
 def test_padded_attention_equals_plain_attention_and_its_gradient(t, s, causal):
     """The padding cuDNN needs (to multiples of 64, masked by sequence lengths) changes
     nothing: same output and gradients as unpadded attention (run here with XLA's kernel)."""
-    kq, kk, kv, kw = jax.random.split(jax.random.key(t + s), 4)
-    q = jax.random.normal(kq, (2, t, 4, 16))
-    k, v = (jax.random.normal(key, (2, s, 4, 16)) for key in (kk, kv))
-    w = jax.random.normal(kw, (2, t, 4, 16))
-
-    def loss(attention, q, k, v):
-        return jnp.sum(attention(q, k, v) * w)
-
-    def plain(q, k, v):
-        return jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+    q, k, v, w = _qkvw(t, s)
 
     def padded(q, k, v):
         return layers.padded_attention(q, k, v, causal=causal, implementation="xla")
 
-    ref, ref_grads = jax.value_and_grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(q, k, v)
-    out, grads = jax.value_and_grad(lambda *a: loss(padded, *a), argnums=(0, 1, 2))(q, k, v)
+    ref, ref_grads = _value_and_grads(_jax_attention(causal), q, k, v, w)
+    out, grads = _value_and_grads(padded, q, k, v, w)
     assert padded(q, k, v).shape == (2, t, 4, 16)
     np.testing.assert_allclose(out, ref, rtol=1e-5)
     for g, g_ref in zip(grads, ref_grads, strict=True):
         assert np.isfinite(g).all()
         np.testing.assert_allclose(g, g_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("t,s,causal", [(50, 50, False), (77, 77, True), (1, 49, False)])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_xla_attention_equals_jax_attention_and_its_gradient(t, s, causal, dtype):
+    """vlx's heads-major XLA attention is jax.nn.dot_product_attention's maths: outputs and
+    q/k/v gradients agree to float32 rounding, and to bfloat16 rounding in bfloat16."""
+    q, k, v, w = _qkvw(t, s, jnp.dtype(dtype))
+
+    def ours(q, k, v):
+        return layers.xla_attention(q, k, v, causal=causal)
+
+    ref, ref_grads = _value_and_grads(_jax_attention(causal), q, k, v, w)
+    out, grads = _value_and_grads(ours, q, k, v, w)
+    assert ours(q, k, v).dtype == q.dtype
+    tol = 1e-5 if dtype == "float32" else 2e-2
+    np.testing.assert_allclose(out, ref, rtol=tol)
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        g, g_ref = np.asarray(g, np.float32), np.asarray(g_ref, np.float32)
+        assert np.linalg.norm(g - g_ref) <= tol * np.linalg.norm(g_ref)
+
+
+def test_gelu_is_the_exact_erf_gelu():
+    """`layers.gelu` (erf form, as torch's nn.GELU) equals jax's exact GELU (erfc form) in
+    value and derivative, including the tails."""
+    x = jnp.linspace(-12.0, 12.0, 20_001)
+    exact = functools.partial(jax.nn.gelu, approximate=False)
+    np.testing.assert_allclose(layers.gelu(x), exact(x), atol=2e-6)
+    grad, grad_ref = (jax.vmap(jax.grad(f))(x) for f in (layers.gelu, exact))
+    np.testing.assert_allclose(grad, grad_ref, atol=2e-6)
+    assert layers.ACTIVATIONS["gelu"] is layers.gelu
 
 
 def test_auto_attention_is_xla_off_gpu_and_cudnn_needs_bfloat16():
@@ -68,3 +112,31 @@ def test_cudnn_attention_matches_float32_xla_attention(t, causal):
 
     for got, ref in zip(grads("cudnn"), grads("xla"), strict=True):
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-2
+
+
+@pytest.mark.parametrize("scan", [False, True])
+@pytest.mark.parametrize("causal,remat", [(True, "none"), (False, "full")])
+def test_encoder_computes_only_the_kept_token_in_its_last_block(scan, causal, remat):
+    """`keep` (the pooled position per row) prunes the last block to that token: the result and
+    the parameter gradients equal those of the full encoder read at that position."""
+    mesh = parallel.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
+    spec = layers.BlockSpec(width=32, mlp_dim=64, heads=4, causal=causal)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.RULES):
+        encoder = layers.Encoder(spec, 3, scan=scan, remat=remat, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(encoder)
+    x = jax.random.normal(jax.random.key(1), (4, 9, 32))
+    keep = jnp.array([8, 0, 3, 5])
+
+    def pruned(params):
+        return nnx.merge(graphdef, params)(x, keep)[:, 0]
+
+    def full(params):
+        y = nnx.merge(graphdef, params)(x)
+        return jnp.take_along_axis(y, keep[:, None, None], axis=1)[:, 0]
+
+    w = jax.random.normal(jax.random.key(2), (4, 32))
+    assert nnx.merge(graphdef, params)(x, keep).shape == (4, 1, 32)
+    np.testing.assert_allclose(pruned(params), full(params), atol=2e-5)
+    grads, grads_ref = (jax.grad(lambda p, f=f: jnp.sum(f(p) * w))(params) for f in (pruned, full))
+    for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+        np.testing.assert_allclose(g, g_ref, atol=2e-5)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vlx.errors import ConfigError
@@ -19,8 +21,16 @@ from vlx.parallel import constrain
 
 TOKENS = ("batch", "act_seq", "act_embed")
 
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU as PyTorch's `nn.GELU()` computes it. `jax.nn.gelu(approximate=False)`
+    goes through `erfc`, whose piecewise lowering made the MLPs of a CPU training step 10-15%
+    slower; the two agree within 1e-6."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x * math.sqrt(0.5)))
+
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu": gelu,
     "gelu_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
 }
@@ -135,13 +145,23 @@ class Attention(nnx.Module):
             **spec.kw(rngs),
         )
 
-    def __call__(self, x: jax.Array, kv: jax.Array | None = None, *, causal: bool = False):
+    def __call__(
+        self,
+        x: jax.Array,
+        kv: jax.Array | None = None,
+        *,
+        causal: bool = False,
+        kv_lengths: jax.Array | None = None,
+    ):
+        """`kv_lengths` [batch]: each row attends to its first `kv_lengths` keys only."""
         kv = x if kv is None else kv
         q, k, v = self.query(x), self.key(kv), self.value(kv)
         if self.implementation == "cudnn":
-            y = padded_attention(q, k, v, causal=causal, implementation="cudnn")
+            y = padded_attention(
+                q, k, v, causal=causal, implementation="cudnn", kv_lengths=kv_lengths
+            )
         else:
-            y = jax.nn.dot_product_attention(q, k, v, is_causal=causal)
+            y = xla_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
         return self.out(y)
 
 
@@ -157,8 +177,43 @@ def attention_implementation(name: str, dtype: str) -> str:
     return "cudnn" if gpus_ok and dtype == "bfloat16" else "xla"
 
 
+def xla_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool,
+    kv_lengths: jax.Array | None = None,
+) -> jax.Array:
+    """Softmax attention on [batch, seq, heads, head_dim], computed heads-major.
+
+    The same maths as `jax.nn.dot_product_attention(implementation="xla")` (logits and softmax
+    in float32, output in the input dtype), but q, k and v are moved to [batch, heads, seq,
+    head_dim] before the two batched matmuls: XLA's CPU backend then runs them without the
+    layout copies it adds around the [batch, seq, heads] form, which made a CPU training step's
+    attention 15% slower."""
+    q, k, v = (a.transpose(0, 2, 1, 3) for a in (q, k, v))
+    scale = np.float32(1.0 / np.sqrt(q.shape[-1]))
+    logits = jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    t, s = logits.shape[-2:]
+    mask = jnp.tril(jnp.ones((t, s), bool)) if causal else jnp.ones((t, s), bool)
+    if kv_lengths is not None:
+        mask = mask & (jnp.arange(s) < kv_lengths[:, None, None, None])
+    if causal or kv_lengths is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bnsh->bnth", probs, v).transpose(0, 2, 1, 3)
+
+
 def padded_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool, implementation: str, multiple=64
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool,
+    implementation: str,
+    kv_lengths: jax.Array | None = None,
+    multiple: int = 64,
 ) -> jax.Array:
     """Attention on [batch, seq, heads, head_dim] with both sequences padded to a `multiple`
     and the padding masked through sequence lengths. cuDNN's flash-attention training kernels
@@ -175,7 +230,9 @@ def padded_attention(
         pad(v, s),
         is_causal=causal,
         query_seq_lengths=jnp.full((batch,), t, jnp.int32),
-        key_value_seq_lengths=jnp.full((batch,), s, jnp.int32),
+        key_value_seq_lengths=jnp.full((batch,), s, jnp.int32)
+        if kv_lengths is None
+        else kv_lengths.astype(jnp.int32),
         implementation=implementation,
     )
     return y[:, :t]
@@ -188,7 +245,11 @@ class Mlp(nnx.Module):
         self.act = ACTIVATIONS[spec.act]
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.act(self.fc1(x)))
+        """Tokens are flattened to [tokens, width] first: the weight gradients then contract one
+        axis instead of (batch, seq), which XLA's CPU backend runs in its fast matmul path
+        instead of a transpose plus a slower one (12% faster MLP on CPU)."""
+        y = self.fc2(self.act(self.fc1(x.reshape(-1, x.shape[-1]))))
+        return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
 class Block(nnx.Module):
@@ -201,8 +262,17 @@ class Block(nnx.Module):
         self.ln2 = layer_norm(spec, rngs)
         self.mlp = Mlp(spec, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.ln1(x), causal=self.causal)
+    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]; with `keep` (int [B]), only the token at that position of
+        each row is computed, [B, 1, D]: its query attends to all keys (to those up to it when
+        causal), as in the full block."""
+        if keep is None:
+            x = x + self.attn(self.ln1(x), causal=self.causal)
+            return x + self.mlp(self.ln2(x))
+        h = self.ln1(x)
+        pick = lambda a: jnp.take_along_axis(a, keep[:, None, None], axis=1)
+        lengths = keep + 1 if self.causal else None
+        x = pick(x) + self.attn(pick(h), h, kv_lengths=lengths)
         return x + self.mlp(self.ln2(x))
 
 
@@ -229,16 +299,28 @@ class Encoder(nnx.Module):
         else:
             self.blocks = nnx.List([Block(spec, rngs=rngs) for _ in range(depth)])
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        apply = lambda block, x: constrain(block(x), TOKENS)
+    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]. With `keep` (int [B]: the one position per row that the
+        tower reads after the encoder, e.g. the class or end-of-text token), the last block
+        computes only that token, [B, 1, D]; the rest of its work would be thrown away."""
+        apply = lambda block, x, *keep: constrain(block(x, *keep), TOKENS)
         if self.remat != "none":
             apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])
         x = constrain(x, TOKENS)
-        if not self.scan:
-            for block in self.blocks:
-                x = apply(block, x)
-            return x
+        if self.scan:
+            if keep is None:
+                return self._scanned(apply, x, self.blocks)
+            graphdef, state = nnx.split(self.blocks)
+            head = nnx.merge(graphdef, jax.tree.map(lambda a: a[:-1], state))
+            last = nnx.merge(graphdef, jax.tree.map(lambda a: a[-1], state))
+            return apply(last, self._scanned(apply, x, head), keep)
+        blocks = list(self.blocks)
+        for block in blocks if keep is None else blocks[:-1]:
+            x = apply(block, x)
+        return x if keep is None else apply(blocks[-1], x, keep)
 
+    @staticmethod
+    def _scanned(apply, x: jax.Array, blocks) -> jax.Array:
         @nnx.scan(
             in_axes=(nnx.Carry, 0),
             out_axes=nnx.Carry,
@@ -247,7 +329,7 @@ class Encoder(nnx.Module):
         def body(x, block):
             return apply(block, x)
 
-        return body(x, self.blocks)
+        return body(x, blocks)
 
 
 class MapHead(nnx.Module):

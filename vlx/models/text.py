@@ -10,18 +10,18 @@ from vlx.errors import ConfigError
 from vlx.models import layers, variants
 
 
-def pool_tokens(x: jax.Array, tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array:
-    """Picks one vector per sequence from x [B, L, D] according to `how`."""
+def pool_position(tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array | None:
+    """The position per row [B] that pooling `how` reads from tokens [B, L]; None for `mean`."""
+    b, length = tokens.shape
     if how == "eos":
         # First end-of-text position; a row without one falls back to the last position.
         is_eos = tokens == eos_id
-        pos = jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), tokens.shape[1] - 1)
-        return jnp.take_along_axis(x, pos[:, None, None], axis=1)[:, 0]
+        return jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), length - 1)
     if how == "last":
-        return x[:, -1]
+        return jnp.full((b,), length - 1)
     if how == "first":
-        return x[:, 0]
-    return jnp.mean(x, axis=1)
+        return jnp.zeros((b,), jnp.int32)
+    return None
 
 
 class TextTransformer(nnx.Module):
@@ -53,6 +53,7 @@ class TextTransformer(nnx.Module):
         """tokens: int [B, L]. Returns unnormalised [B, E]."""
         x = self.embed(tokens)
         x = x + self.posemb[...].astype(x.dtype)[: tokens.shape[1]]
-        x = self.ln_final(self.encoder(x))
-        x = pool_tokens(x, tokens, self.pool, self.eos_id)
+        keep = pool_position(tokens, self.pool, self.eos_id)
+        x = self.ln_final(self.encoder(x, keep))
+        x = jnp.mean(x, axis=1) if keep is None else x[:, 0]
         return x if self.proj is None else self.proj(x)
