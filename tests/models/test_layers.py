@@ -140,3 +140,32 @@ def test_encoder_computes_only_the_kept_token_in_its_last_block(scan, causal, re
     grads, grads_ref = (jax.grad(lambda p, f=f: jnp.sum(f(p) * w))(params) for f in (pruned, full))
     for g, g_ref in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
         np.testing.assert_allclose(g, g_ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("t,causal", [(1, False), (9, True)])
+def test_key_lengths_mask_the_same_keys_in_both_attentions(t, causal):
+    """`kv_lengths` (how the pruned last block limits a causal query to the keys before it):
+    XLA attention and padded attention both equal jax.nn.dot_product_attention's
+    key_value_seq_lengths."""
+    q, k, v, w = _qkvw(t, 9)
+    lengths = jnp.array([9, 4])
+
+    def ref(q, k, v):
+        return jax.nn.dot_product_attention(
+            q, k, v, is_causal=causal, key_value_seq_lengths=lengths
+        )
+
+    def xla(q, k, v):
+        return layers.xla_attention(q, k, v, causal=causal, kv_lengths=lengths)
+
+    def padded(q, k, v):
+        return layers.padded_attention(
+            q, k, v, causal=causal, implementation="xla", kv_lengths=lengths
+        )
+
+    expected, expected_grads = _value_and_grads(ref, q, k, v, w)
+    for attention in (xla, padded):
+        out, grads = _value_and_grads(attention, q, k, v, w)
+        np.testing.assert_allclose(out, expected, rtol=1e-5)
+        for g, g_ref in zip(grads, expected_grads, strict=True):
+            np.testing.assert_allclose(g, g_ref, atol=1e-5)
