@@ -34,16 +34,16 @@ def image_forward(model_cfg, *, train: bool = False, executed: bool = True) -> i
     dropout leaves fewer tokens after the patch embedding. `executed=False` counts the last
     layer over every token, as published FLOP counts (open_clip's) do; vlx computes only the
     pooled token there."""
-    from vlx.models.vit import kept_patches
+    from vlx.models import vit
 
     cfg = model_cfg.image
     size = variants.resolve(cfg, where="model.image")
     patches = (cfg.image_size // size.patch_size) ** 2
-    kept = kept_patches(patches, cfg.patch_dropout) if train else patches
+    kept = vit.kept_patches(patches, cfg.patch_dropout) if train else patches
     tokens = kept + (1 if cfg.class_token else 0)
     d, m = size.width, size.mlp_dim
     flops = 2 * patches * (size.patch_size**2 * 3) * d
-    flops += _encoder(size.depth, tokens, d, m, pruned=cfg.pool == "tok" and executed)
+    flops += _encoder(size.depth, tokens, d, m, pruned=cfg.pool in vit.POOLS_ONE_TOKEN and executed)
     if cfg.pool == "map":
         flops += _layer(1, d, m, kv_tokens=tokens)
     if cfg.proj:
@@ -54,9 +54,11 @@ def image_forward(model_cfg, *, train: bool = False, executed: bool = True) -> i
 def text_forward(model_cfg, *, executed: bool = True) -> int:
     """FLOPs of one caption through the text tower (with projection); `executed` as in
     `image_forward`."""
+    from vlx.models import text
+
     cfg = model_cfg.text
     size = variants.resolve(cfg, where="model.text")
-    pruned = cfg.pool != "mean" and executed
+    pruned = cfg.pool in text.POOLS_ONE_TOKEN and executed
     flops = _encoder(size.depth, cfg.context_length, size.width, size.mlp_dim, pruned=pruned)
     if cfg.proj:
         flops += 2 * size.width * model_cfg.embed_dim

@@ -9,9 +9,14 @@ from flax import nnx
 from vlx.errors import ConfigError
 from vlx.models import layers, variants
 
+# Pools that read one token; the encoder's last block then computes only that token.
+POOLS_ONE_TOKEN = ("eos", "last", "first")
+
 
 def pool_position(tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array | None:
     """The position per row [B] that pooling `how` reads from tokens [B, L]; None for `mean`."""
+    if how not in POOLS_ONE_TOKEN:
+        return None
     b, length = tokens.shape
     if how == "eos":
         # First end-of-text position; a row without one falls back to the last position.
@@ -19,9 +24,7 @@ def pool_position(tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array 
         return jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), length - 1)
     if how == "last":
         return jnp.full((b,), length - 1)
-    if how == "first":
-        return jnp.zeros((b,), jnp.int32)
-    return None
+    return jnp.zeros((b,), jnp.int32)  # first
 
 
 class TextTransformer(nnx.Module):

@@ -27,6 +27,10 @@ def kept_patches(patches: int, dropout: float) -> int:
     return max(1, int(round(patches * (1.0 - dropout))))
 
 
+# Pools that read one token; the encoder's last block then computes only that token.
+POOLS_ONE_TOKEN = ("tok",)
+
+
 class PatchEmbed(nnx.Module):
     """Non-overlapping p x p patches to `width` features: the parameters of a stride-p
     convolution (`kernel` [p, p, 3, width] HWIO, optional `bias`), computed as one matmul over
@@ -122,7 +126,7 @@ class ViT(nnx.Module):
             x = jnp.concatenate([jnp.broadcast_to(token, (b, 1, d)), x], axis=1)
         if self.ln_pre is not None:
             x = self.ln_pre(x)
-        keep = jnp.zeros((b,), jnp.int32) if self.pool == "tok" else None
+        keep = jnp.zeros((b,), jnp.int32) if self.pool in POOLS_ONE_TOKEN else None
         x = self.ln_post(self.encoder(x, keep))
         if self.pool == "tok":
             x = x[:, 0]
