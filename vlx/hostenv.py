@@ -5,8 +5,10 @@ large with freshly mapped 4 KiB pages, so every step page-faults its whole worki
 1.2M faults and 15% of the time of a CPU ViT-S/32 training step on this project's machine.
 glibc's `glibc.malloc.hugetlb=1` tunable (glibc 2.35+) backs those blocks with transparent huge
 pages wherever THP is in its `madvise` mode (the default of Debian and Ubuntu), which removed 95%
-of the faults and 14% of the step time. Tunables are read when a process starts, so the `vlx`
-command re-executes itself once with the tunable set.
+of the faults and 14% of the step time. The block is still mapped and zeroed anew every step
+(about 5% of the step's cycles); the README's Performance section says why vlx stops here.
+Tunables are read when a process starts, so the `vlx` command re-executes itself once with the
+tunable set.
 """
 
 from __future__ import annotations
