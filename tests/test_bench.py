@@ -70,3 +70,18 @@ def test_open_clip_reference_step_runs(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["model"] == "ViT-S-32" and result["precision"] == "amp_bf16"
     assert result["images_per_s"] > 0 and math.isfinite(result["loss"])
+
+
+def test_matmul_bench_times_both_forms_in_both_frameworks(capsys):
+    args = ["bench", "matmul", "--tokens", "64", "--shapes", "32x48,48x32", "--reps", "2"]
+    assert cli.main([*args, "--torch"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(r["d_in"], r["form"], r["framework"].split()[0]) for r in rows] == [
+        (d, form, fw) for d in (32, 48) for form in ("x@w", "x.T@y") for fw in ("jax", "torch")
+    ]
+    for r in rows:
+        assert r["gflop_per_s"] == pytest.approx(
+            2 * 64 * r["d_in"] * r["d_out"] / r["ms"] / 1e6, rel=0.01
+        )
+    assert cli.main(["bench", "matmul", "--shapes", "48"]) == 2
+    assert "--shapes: '48' is not INxOUT" in capsys.readouterr().err

@@ -144,20 +144,80 @@ def _synthetic_batch(cfg, mesh, eos: int) -> dict:
     }
 
 
-def cpu_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of a large square matmul on the host (all cores), the best of `reps`."""
-    import jax
-    import jax.numpy as jnp
+MATMUL_FORMS = ("x@w", "x.T@y")
 
-    x = jnp.ones((n, n), jnp.dtype(dtype), device=jax.devices()[0])
-    matmul = jax.jit(lambda a: a @ a)
-    matmul(x).block_until_ready()
+
+def matmul_throughput(
+    tokens: int,
+    d_in: int,
+    d_out: int,
+    *,
+    form: str = "x@w",
+    dtype: str = "float32",
+    framework: str = "jax",
+    torch_device: str = "cpu",
+    reps: int = 10,
+) -> dict:
+    """Time of one matmul of a dense layer over `tokens` rows, the best of `reps`.
+
+    `x@w` is x [tokens, d_in] @ w [d_in, d_out], the form of the forward pass and of the input
+    gradient. `x.T@y` is x [tokens, d_in].T @ y [tokens, d_out], the weight gradient: it
+    contracts over the tokens, the leading axis of both operands, which a GEMM must either
+    read transposed or have copied first. Both are 2 * tokens * d_in * d_out FLOPs. JAX runs
+    on the first device (on CPU: the whole host); `framework="torch"` times PyTorch on
+    `torch_device` instead."""
+    if form not in MATMUL_FORMS:
+        raise ValueError(f"matmul form {form!r}: choose one of {', '.join(MATMUL_FORMS)}")
+    shapes = ((tokens, d_in), (d_in, d_out) if form == "x@w" else (tokens, d_out))
+    if framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        device = jax.devices()[0]
+        x, y = (jnp.ones(s, jnp.dtype(dtype), device=device) for s in shapes)
+        fn = jax.jit(lambda x, y: x @ y if form == "x@w" else x.T @ y)
+
+        def run():
+            fn(x, y).block_until_ready()
+
+        version = f"jax {jax.__version__}, {device.platform}"
+    elif framework == "torch":
+        import torch
+
+        device = torch.device(torch_device)
+        x, y = (torch.ones(s, dtype=getattr(torch, dtype), device=device) for s in shapes)
+
+        def run():
+            out = x @ y if form == "x@w" else x.T @ y
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        where = f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else str(device)
+        version = f"torch {torch.__version__}, {where}"
+    else:
+        raise ValueError(f"framework {framework!r}: choose jax or torch")
+    run()
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
-        matmul(x).block_until_ready()
+        run()
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return {
+        "framework": version,
+        "form": form,
+        "tokens": tokens,
+        "d_in": d_in,
+        "d_out": d_out,
+        "dtype": dtype,
+        "ms": float(f"{best * 1e3:.4g}"),
+        "gflop_per_s": float(f"{2 * tokens * d_in * d_out / best / 1e9:.4g}"),
+    }
+
+
+def cpu_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of a large square matmul on the host (all cores), the best of `reps`."""
+    return matmul_throughput(n, n, n, dtype=dtype, reps=reps)["gflop_per_s"] * 1e9
 
 
 def loss_memory(batch_size: int, embed_dim: int = 512) -> list[dict]:

@@ -186,7 +186,10 @@ def _bench_step(args, overrides: list[str]) -> int:
     from vlx import bench, config
 
     if not args.config:
-        raise ConfigError("vlx bench: give --config CFG (the train step) or a subcommand (data)")
+        raise ConfigError(
+            "vlx bench: give --config CFG (the train step) or a subcommand "
+            "(data, loss, matmul, open_clip)"
+        )
     cfg = config.load(args.config, overrides)
     result = bench.train_step_throughput(
         cfg, steps=args.steps, warmup=args.warmup, profile_dir=args.profile
@@ -202,6 +205,34 @@ def _bench_loss(args, overrides: list[str]) -> int:
 
     for row in bench.loss_memory(args.batch_size, args.embed_dim):
         print(json.dumps(row))
+    return 0
+
+
+def _bench_matmul(args, overrides: list[str]) -> int:
+    import json
+
+    from vlx import bench
+
+    frameworks = ("jax", "torch") if args.torch else ("jax",)
+    for shape in args.shapes.split(","):
+        d_in, _, d_out = shape.partition("x")
+        if not (d_in.isdigit() and d_out.isdigit()):
+            raise ConfigError(
+                f"vlx bench matmul --shapes: {shape!r} is not INxOUT; write e.g. 384x1536"
+            )
+        for form in bench.MATMUL_FORMS:
+            for framework in frameworks:
+                row = bench.matmul_throughput(
+                    args.tokens,
+                    int(d_in),
+                    int(d_out),
+                    form=form,
+                    dtype=args.dtype,
+                    framework=framework,
+                    torch_device=args.torch or "cpu",
+                    reps=args.reps,
+                )
+                print(json.dumps(row))
     return 0
 
 
@@ -348,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "bench",
-        help="benchmarks: the train step (--config), or the input pipeline (data)",
+        help="benchmarks: the train step (--config), or one of data, loss, matmul, open_clip",
         description="With --config: compile and time the train step of a config on synthetic "
         "batches and print one JSON line (compile time, step time, images/s, FLOPs, MFU, peak "
         "memory). Override any key with --config.KEY=VALUE.",
@@ -373,6 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16384, help="global batch")
     p.add_argument("--embed-dim", type=int, default=512)
     p.set_defaults(run=_bench_loss)
+    p = bench.add_parser(
+        "matmul",
+        help="GFLOP/s of a dense layer's matmuls: forward (x@w) and weight gradient (x.T@y)",
+    )
+    p.add_argument(
+        "--tokens", type=int, default=4928, help="rows (batch x sequence; 64 x 77 by default)"
+    )
+    p.add_argument(
+        "--shapes",
+        default="384x384,384x1536,1536x384",
+        help="comma-separated IN x OUT layer sizes (default: a ViT-S block)",
+    )
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--reps", type=int, default=20, help="timed runs per matmul (best is kept)")
+    p.add_argument(
+        "--torch",
+        nargs="?",
+        const="cpu",
+        default=None,
+        metavar="DEVICE",
+        help="time PyTorch's matmuls as well, on DEVICE (cpu by default; cuda on a GPU)",
+    )
+    p.set_defaults(run=_bench_matmul)
     p = bench.add_parser(
         "open_clip", help="open_clip's own training step on this machine (needs torch, open_clip)"
     )
