@@ -34,7 +34,7 @@ def _jax_attention(causal):
     "t,s,causal", [(197, 197, False), (77, 77, True), (1, 196, False), (64, 64, True)]
 )
 def test_padded_attention_equals_plain_attention_and_its_gradient(t, s, causal):
-    """The padding cuDNN needs (to multiples of 64, masked by sequence lengths) changes
+    """The padding cuDNN needs (to multiples of 16, masked by sequence lengths) changes
     nothing: same output and gradients as unpadded attention (run here with XLA's kernel)."""
     q, k, v, w = _qkvw(t, s)
 
@@ -122,25 +122,33 @@ def test_cudnn_attention_matches_float32_xla_attention(t, causal):
 
 
 @pytest.mark.parametrize(
-    "scan,causal,remat", [(True, True, "none"), (False, True, "none"), (True, False, "full")]
+    "scan,causal,remat,per_row",
+    [
+        (True, True, "none", True),
+        (False, True, "none", True),
+        (True, False, "full", True),
+        (False, False, "none", False),
+        (True, True, "full", False),
+    ],
 )
-def test_encoder_computes_only_the_kept_token_in_its_last_block(scan, causal, remat):
-    """`keep` (the pooled position per row) prunes the last block to that token: the result and
-    the parameter gradients equal those of the full encoder read at that position."""
+def test_encoder_computes_only_the_kept_token_in_its_last_block(scan, causal, remat, per_row):
+    """`keep` (the pooled position per row, or one for all rows) prunes the last block to that
+    token: the result and the parameter gradients equal those of the full encoder read there."""
     mesh = parallel.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     spec = layers.BlockSpec(width=32, mlp_dim=64, heads=4, causal=causal)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.RULES):
         encoder = layers.Encoder(spec, 3, scan=scan, remat=remat, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(encoder)
     x = jax.random.normal(jax.random.key(1), (4, 9, 32))
-    keep = jnp.array([8, 0, 3, 5])
+    keep = jnp.array([8, 0, 3, 5]) if per_row else 3
+    rows = jnp.broadcast_to(keep, (4,))
 
     def pruned(params):
         return nnx.merge(graphdef, params)(x, keep)[:, 0]
 
     def full(params):
         y = nnx.merge(graphdef, params)(x)
-        return jnp.take_along_axis(y, keep[:, None, None], axis=1)[:, 0]
+        return jnp.take_along_axis(y, rows[:, None, None], axis=1)[:, 0]
 
     w = jax.random.normal(jax.random.key(2), (4, 32))
     assert nnx.merge(graphdef, params)(x, keep).shape == (4, 1, 32)
@@ -179,3 +187,23 @@ def test_key_lengths_mask_the_same_keys_in_both_attentions(t, causal):
         np.testing.assert_allclose(out, expected, rtol=1e-5)
         for g, g_ref in zip(grads, expected_grads, strict=True):
             np.testing.assert_allclose(g, g_ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 1e-2)])
+def test_position_embedding_gradient_equals_autodiffs_batch_sum(dtype, tol):
+    """`add_position_embedding` (its `pos` gradient a matmul with ones, for GPU layouts) gives
+    the same output and gradients as `x + pos` differentiated by JAX."""
+    kx, kp, kw = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (6, 5, 8), dtype)
+    pos = jax.random.normal(kp, (5, 8), dtype)
+    w = jax.random.normal(kw, (6, 5, 8), dtype)
+
+    def grads(add):
+        loss = lambda x, pos: jnp.sum((add(x, pos) * w).astype(jnp.float32) ** 2)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, pos)
+
+    (got, got_grads), (ref, ref_grads) = grads(layers.add_position_embedding), grads(jnp.add)
+    np.testing.assert_allclose(got, ref, rtol=tol)
+    for g, g_ref in zip(got_grads, ref_grads, strict=True):
+        assert g.dtype == g_ref.dtype
+        np.testing.assert_allclose(np.float32(g), np.float32(g_ref), rtol=tol, atol=tol)

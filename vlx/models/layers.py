@@ -213,12 +213,14 @@ def padded_attention(
     causal: bool,
     implementation: str,
     kv_lengths: jax.Array | None = None,
-    multiple: int = 64,
+    multiple: int = 16,
 ) -> jax.Array:
     """Attention on [batch, seq, heads, head_dim] with both sequences padded to a `multiple`
-    and the padding masked through sequence lengths. cuDNN's flash-attention training kernels
-    need that (ViT's 197 tokens and the text's 77 are not multiples of 64); the output is cut
-    back to the query length."""
+    and the padding masked through sequence lengths; the output is cut back to the query
+    length. cuDNN's masked flash-attention training kernels refuse odd lengths (ViT's 197
+    tokens, the text's 77). On an H100, ViT-B/16 attention (forward and backward) took 3.98 ms
+    padded to multiples of 16, 4.10 ms to 8, 4.18 ms to 32 and 4.36 ms to 64, with the same
+    result."""
     t, s, batch = q.shape[1], k.shape[1], q.shape[0]
 
     def pad(a: jax.Array, n: int) -> jax.Array:
@@ -262,18 +264,51 @@ class Block(nnx.Module):
         self.ln2 = layer_norm(spec, rngs)
         self.mlp = Mlp(spec, rngs=rngs)
 
-    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-        """x [B, T, D] -> [B, T, D]; with `keep` (int [B]), only the token at that position of
-        each row is computed, [B, 1, D]: its query attends to all keys (to those up to it when
-        causal), as in the full block."""
+    def __call__(self, x: jax.Array, keep: jax.Array | int | None = None) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]; with `keep` (a position per row, int [B], or one for all
+        rows, a scalar), only the token at that position of each row is computed, [B, 1, D]: its
+        query attends to all keys (to those up to it when causal), as in the full block."""
         if keep is None:
             x = x + self.attn(self.ln1(x), causal=self.causal)
             return x + self.mlp(self.ln2(x))
         h = self.ln1(x)
-        pick = lambda a: jnp.take_along_axis(a, keep[:, None, None], axis=1)
-        lengths = keep + 1 if self.causal else None
-        x = pick(x) + self.attn(pick(h), h, kv_lengths=lengths)
+        lengths = jnp.broadcast_to(keep + 1, x.shape[:1]) if self.causal else None
+        x = pick_token(x, keep) + self.attn(pick_token(h, keep), h, kv_lengths=lengths)
         return x + self.mlp(self.ln2(x))
+
+
+@jax.custom_vjp
+def add_position_embedding(x: jax.Array, pos: jax.Array) -> jax.Array:
+    """x [B, T, D] + pos [T, D], with the gradient of `pos` computed as a matmul with a vector
+    of ones (accumulated in float32) instead of autodiff's sum over the batch. That sum made
+    XLA's GPU backend lay the whole residual stream of both towers out with the batch axis
+    inside (sequence-major), which put a transpose around every matmul of every block: 14% of
+    an H100 ViT-B/16 step."""
+    return x + pos
+
+
+def _add_position_embedding_fwd(x, pos):
+    return x + pos, x.shape[0]
+
+
+def _add_position_embedding_bwd(batch, g):
+    ones = jnp.ones((batch,), g.dtype)
+    return g, jnp.einsum("b,btd->td", ones, g, preferred_element_type=jnp.float32).astype(g.dtype)
+
+
+add_position_embedding.defvjp(_add_position_embedding_fwd, _add_position_embedding_bwd)
+
+
+def pick_token(x: jax.Array, position: jax.Array | int) -> jax.Array:
+    """x [B, T, D] -> [B, 1, D]: the token at `position` (int [B], or a scalar for all rows).
+
+    A slice, or a one-hot sum, rather than a gather: the scatter that a gather's gradient
+    needs made XLA's GPU backend lay the whole residual stream out sequence-major, with a
+    transpose before and after every matmul (16% of an H100 ViT-B/16 step)."""
+    if jnp.ndim(position) == 0:
+        return jax.lax.dynamic_slice_in_dim(x, position, 1, axis=1)
+    hit = jnp.arange(x.shape[1]) == position[:, None]
+    return jnp.sum(jnp.where(hit[:, :, None], x, jnp.zeros((), x.dtype)), axis=1, keepdims=True)
 
 
 class Encoder(nnx.Module):
@@ -299,10 +334,11 @@ class Encoder(nnx.Module):
         else:
             self.blocks = nnx.List([Block(spec, rngs=rngs) for _ in range(depth)])
 
-    def __call__(self, x: jax.Array, keep: jax.Array | None = None) -> jax.Array:
-        """x [B, T, D] -> [B, T, D]. With `keep` (int [B]: the one position per row that the
-        tower reads after the encoder, e.g. the class or end-of-text token), the last block
-        computes only that token, [B, 1, D]; the rest of its work would be thrown away."""
+    def __call__(self, x: jax.Array, keep: jax.Array | int | None = None) -> jax.Array:
+        """x [B, T, D] -> [B, T, D]. With `keep` (int [B], or a scalar for all rows: the one
+        position per row that the tower reads after the encoder, e.g. the class or end-of-text
+        token), the last block computes only that token, [B, 1, D]; the rest of its work would
+        be thrown away."""
         apply = lambda block, x, *keep: constrain(block(x, *keep), TOKENS)
         if self.remat != "none":
             apply = nnx.remat(apply, policy=REMAT_POLICIES[self.remat])

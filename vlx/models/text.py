@@ -39,8 +39,11 @@ class TextTransformer(nnx.Module):
             cfg.vocab_size,
             size.width,
             embedding_init=layers.sharded(nnx.initializers.normal(0.02), "vocab", "embed"),
-            **spec.kw(rngs),
+            dtype=spec.param_dtype,
+            param_dtype=spec.param_dtype,
+            rngs=rngs,
         )
+        self.dtype = spec.dtype
         self.posemb = nnx.Param(
             layers.sharded(nnx.initializers.normal(0.01), None, "embed")(
                 rngs.params(), (cfg.context_length, size.width)
@@ -54,8 +57,10 @@ class TextTransformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens: int [B, L]. Returns unnormalised [B, E]."""
-        x = self.embed(tokens)
-        x = x + self.posemb[...].astype(x.dtype)[: tokens.shape[1]]
+        # Looked up in the parameter dtype, then cast: the gradient's scatter-add then runs in
+        # float32 (a bfloat16 one took 4.8 ms of an H100 ViT-B/16 step at batch 768).
+        x = self.embed(tokens).astype(self.dtype)
+        x = layers.add_position_embedding(x, self.posemb[...].astype(x.dtype)[: tokens.shape[1]])
         keep = pool_position(tokens, self.pool, self.eos_id)
         x = self.ln_final(self.encoder(x, keep))
         x = jnp.mean(x, axis=1) if keep is None else x[:, 0]
