@@ -288,11 +288,11 @@ def add_position_embedding(x: jax.Array, pos: jax.Array) -> jax.Array:
 
 
 def _add_position_embedding_fwd(x, pos):
-    return x + pos, x.shape[0]
+    return x + pos, None
 
 
-def _add_position_embedding_bwd(batch, g):
-    ones = jnp.ones((batch,), g.dtype)
+def _add_position_embedding_bwd(_, g):
+    ones = jnp.ones(g.shape[:1], g.dtype)
     return g, jnp.einsum("b,btd->td", ones, g, preferred_element_type=jnp.float32).astype(g.dtype)
 
 
