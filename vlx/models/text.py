@@ -13,18 +13,18 @@ from vlx.models import layers, variants
 POOLS_ONE_TOKEN = ("eos", "last", "first")
 
 
-def pool_position(tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array | None:
-    """The position per row [B] that pooling `how` reads from tokens [B, L]; None for `mean`."""
+def pool_position(tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array | int | None:
+    """The position that pooling `how` reads from tokens [B, L]: per row, int [B], for `eos`;
+    one int for all rows for `last` and `first` (the pruned last block then slices it); None
+    for `mean`."""
     if how not in POOLS_ONE_TOKEN:
         return None
-    b, length = tokens.shape
+    length = tokens.shape[1]
     if how == "eos":
         # First end-of-text position; a row without one falls back to the last position.
         is_eos = tokens == eos_id
         return jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), length - 1)
-    if how == "last":
-        return jnp.full((b,), length - 1)
-    return jnp.zeros((b,), jnp.int32)  # first
+    return length - 1 if how == "last" else 0
 
 
 class TextTransformer(nnx.Module):
