@@ -72,6 +72,22 @@ def test_open_clip_reference_step_runs(capsys):
     assert result["images_per_s"] > 0 and math.isfinite(result["loss"])
 
 
+def test_side_by_side_alternates_vlx_and_open_clip_on_the_same_architecture(capsys):
+    """`--open-clip MODEL`: both steps timed in one process, the same number of times; the
+    vlx recipe and open_clip's model have the same parameter count (like for like)."""
+    args = ["bench", "--config", "configs/clip_vit_s32.py", "--steps", "2", "--warmup", "0"]
+    overrides = ["--config.batch_size=8", "--config.model.dtype=float32"]
+    assert cli.main([*args, *overrides, "--open-clip", "ViT-S-32"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    oc = result["open_clip"]
+    assert result["params"] == oc["params"] == 63_085_825
+    assert oc["precision"] == "fp32" and oc["batch_size"] == result["batch_size"] == 8
+    assert len(result["step_s_each"]) == len(oc["step_s_each"]) == 2
+    assert result["step_s"] == pytest.approx(sum(result["step_s_each"]) / 2, abs=1e-4)
+    assert result["vlx_over_open_clip"] == pytest.approx(oc["step_s"] / result["step_s"], rel=1e-3)
+    assert math.isfinite(result["loss"]) and math.isfinite(oc["loss"])
+
+
 def test_matmul_bench_times_both_forms_in_both_frameworks(capsys):
     args = ["bench", "matmul", "--tokens", "64", "--shapes", "32x48,48x32", "--reps", "2"]
     assert cli.main([*args, "--torch"]) == 0

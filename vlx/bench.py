@@ -50,19 +50,14 @@ def data_throughput(
     }
 
 
-def train_step_throughput(
-    cfg, *, steps: int = 10, warmup: int = 3, profile_dir: str | None = None
-) -> dict:
-    """Compiles the train step of `cfg`, then times `steps` steps on a synthetic batch.
-
-    Reports compile time, step time, images/s (total and per device), the analytic FLOPs of a
-    step (`vlx.flops`), achieved TFLOP/s per device and MFU against the device's peak (the
-    vendor table; on CPU, a measured matmul peak), and peak device memory where reported.
-    With `profile_dir`, three more steps run under `jax.profiler` after the timed ones."""
+def _vlx_step(cfg, *, block: bool):
+    """Compiles the train step of `cfg` for a synthetic batch. Returns `(step, info)`: `step()`
+    runs one step (waiting for it when `block`) and returns its metrics; `info` has the mesh,
+    the compile time and the parameter count."""
     import jax
-    import numpy as np
+    from flax import nnx
 
-    from vlx import flops, optim, parallel, train
+    from vlx import optim, parallel, train
 
     mesh = parallel.make_mesh(cfg.mesh)
     parallel.batch_size_per_process(cfg.batch_size, mesh)
@@ -74,26 +69,56 @@ def train_step_throughput(
     step_fn = step_fn.lower(state.arrays, train.abstract_batch(cfg, mesh)).compile()
     compile_s = time.perf_counter() - t0
     batch = _synthetic_batch(cfg, mesh, eos)
+    params = jax.tree.leaves(nnx.state(state.arrays["model"], nnx.Param))
+    carry = {"arrays": state.arrays}
 
-    arrays = state.arrays
-    block_each = jax.default_backend() == "cpu"  # see train(): CPU collective rendezvous
+    def step():
+        carry["arrays"], metrics = step_fn(carry["arrays"], batch)
+        if block:
+            jax.block_until_ready((carry["arrays"], metrics))
+        return metrics
+
+    info = {"mesh": mesh, "compile_s": compile_s, "params": sum(x.size for x in params)}
+    return step, info
+
+
+def train_step_throughput(
+    cfg, *, steps: int = 10, warmup: int = 3, profile_dir: str | None = None
+) -> dict:
+    """Compiles the train step of `cfg`, then times `steps` steps on a synthetic batch.
+
+    Reports compile time, step time, images/s (total and per device), the analytic FLOPs of a
+    step (`vlx.flops`), achieved TFLOP/s per device and MFU against the device's peak (the
+    vendor table; on CPU, a measured matmul peak), and peak device memory where reported.
+    With `profile_dir`, three more steps run under `jax.profiler` after the timed ones."""
+    import jax
+
+    # On CPU, many steps in flight over simulated devices can trip XLA's collective rendezvous
+    # (see train()); elsewhere steps are queued as a training run queues them.
+    step, info = _vlx_step(cfg, block=jax.default_backend() == "cpu")
     for _ in range(warmup):
-        arrays, metrics = step_fn(arrays, batch)
-        jax.block_until_ready(metrics)
+        jax.block_until_ready(step())
     t0 = time.perf_counter()
     for _ in range(steps):
-        arrays, metrics = step_fn(arrays, batch)
-        if block_each:
-            jax.block_until_ready(metrics)
-    jax.block_until_ready((arrays, metrics))
+        metrics = step()
+    jax.block_until_ready(metrics)
     step_s = (time.perf_counter() - t0) / steps
     if profile_dir:
         with jax.profiler.trace(profile_dir):
             for _ in range(3):
-                arrays, metrics = step_fn(arrays, batch)
-            jax.block_until_ready((arrays, metrics))
+                metrics = step()
+            jax.block_until_ready(metrics)
+    return _step_report(cfg, info, step_s, metrics)
 
-    devices = mesh.size
+
+def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
+    """The JSON report of a vlx train step that took `step_s` seconds."""
+    import jax
+    import numpy as np
+
+    from vlx import flops
+
+    devices = info["mesh"].size
     kind = jax.devices()[0].device_kind
     dtype = cfg.model.dtype
     step_flops = flops.train_step(cfg.model, cfg.batch_size)
@@ -107,10 +132,11 @@ def train_step_throughput(
         "backend": jax.default_backend(),
         "device_kind": kind,
         "devices": devices,
-        "mesh": dict(mesh.shape),
+        "mesh": dict(info["mesh"].shape),
         "dtype": dtype,
         "batch_size": cfg.batch_size,
-        "compile_s": round(compile_s, 2),
+        "params": info["params"],
+        "compile_s": round(info["compile_s"], 2),
         "step_s": round(step_s, 4),
         "images_per_s": round(cfg.batch_size / step_s, 1),
         "images_per_s_per_device": round(cfg.batch_size / step_s / devices, 1),
@@ -123,6 +149,58 @@ def train_step_throughput(
         "peak_memory_gb": round(peak_bytes / 2**30, 2) if peak_bytes else None,
         "loss": float(np.asarray(metrics["loss"])),
     }
+
+
+def side_by_side(cfg, model_name: str, *, steps: int = 10, warmup: int = 2) -> dict:
+    """vlx's train step of `cfg` and open_clip's step of `model_name` (same batch size;
+    `amp_bf16` when `cfg` computes in bfloat16, else fp32) in this process, taking turns:
+    rounds of three steps of one then three of the other, the first step after each switch
+    untimed, and the order swapped each round (vlx first, then open_clip first, ...). Both
+    meet the same machine, and neither always goes first.
+
+    Why rounds: on this project's 2-core machine, a step right after the other framework's
+    step ran up to 25% slower (vlx) and 10% (open_clip), with the same page faults and huge
+    pages (/proc/vmstat), and separate processes run one after the other measured up to 7%
+    apart by their place in the sequence. Reports vlx's usual fields and open_clip's, from the
+    median timed step of each, and their ratio."""
+    import statistics
+
+    import jax
+
+    vlx_step, info = _vlx_step(cfg, block=True)
+    oc_step, oc_info = _open_clip_step(
+        model_name,
+        cfg.batch_size,
+        device="cpu" if jax.default_backend() == "cpu" else "cuda",
+        precision="amp_bf16" if cfg.model.dtype == "bfloat16" else "fp32",
+        compile=False,
+    )
+    runners = {"vlx": vlx_step, "open_clip": oc_step}
+    for _ in range(warmup):
+        for run in runners.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    results = {}
+    timed_per_turn = 2
+    for turn in range(-(-steps // timed_per_turn)):
+        for name in runners if turn % 2 == 0 else reversed(runners):
+            results[name] = runners[name]()
+            for _ in range(min(timed_per_turn, steps - len(times[name]))):
+                t0 = time.perf_counter()
+                results[name] = runners[name]()
+                times[name].append(time.perf_counter() - t0)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    report = _step_report(cfg, info, medians["vlx"], results["vlx"])
+    oc_info.update(
+        step_s=round(medians["open_clip"], 4),
+        images_per_s=round(cfg.batch_size / medians["open_clip"], 2),
+        loss=float(results["open_clip"].detach()),
+    )
+    report["step_s_each"] = [round(t, 4) for t in times["vlx"]]
+    oc_info["step_s_each"] = [round(t, 4) for t in times["open_clip"]]
+    report["open_clip"] = oc_info
+    report["vlx_over_open_clip"] = round(medians["open_clip"] / medians["vlx"], 4)
+    return report
 
 
 def _synthetic_batch(cfg, mesh, eos: int) -> dict:
@@ -263,24 +341,18 @@ def loss_memory(batch_size: int, embed_dim: int = 512) -> list[dict]:
     return rows
 
 
-def open_clip_step(
-    model_name: str,
-    batch_size: int,
-    *,
-    steps: int = 5,
-    warmup: int = 2,
-    device: str = "cpu",
-    precision: str = "fp32",
-    compile: bool = False,
-) -> dict:
-    """Images/s of open_clip's own training step (AdamW, its ClipLoss) on `device`, as its
-    training script runs it: `precision` fp32 or amp_bf16 (autocast), optionally
-    `torch.compile`d. The like-for-like reference for `train_step_throughput`."""
+def _open_clip_step(
+    model_name: str, batch_size: int, *, device: str, precision: str, compile: bool
+):
+    """open_clip's training step (AdamW, its ClipLoss) on a random batch, as its training
+    script runs it. Returns `(step, info)`: `step()` runs one step and returns the loss
+    (`step(wait=False)` leaves a GPU step queued); `info` describes the run."""
     import open_clip
     import torch
 
     model = open_clip.create_model(model_name, pretrained=None, device=device)
     model.train()
+    params = sum(p.numel() for p in model.parameters())
     if compile:
         model = torch.compile(model)
     loss_fn = open_clip.ClipLoss()
@@ -296,39 +368,64 @@ def open_clip_step(
         dtype=torch.bfloat16,
         enabled=precision == "amp_bf16",
     )
+    cuda = torch.device(device).type == "cuda"
 
-    def step():
+    def step(wait: bool = True):
         with autocast:
             img, txt, scale = model(images, tokens)[:3]
             loss = loss_fn(img, txt, scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if wait and cuda:
+            torch.cuda.synchronize()
         return loss
 
-    def sync():
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
-        step()
-    sync()
-    if torch.device(device).type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    sync()
-    step_s = (time.perf_counter() - t0) / steps
-    peak = torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else None
-    return {
+    info = {
         "framework": f"open_clip {open_clip.__version__}, torch {torch.__version__}",
         "model": model_name,
-        "device": torch.cuda.get_device_name() if peak is not None else "cpu",
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "threads": torch.get_num_threads(),
         "precision": precision,
         "compile": compile,
         "batch_size": batch_size,
+        "params": params,
+    }
+    return step, info
+
+
+def open_clip_step(
+    model_name: str,
+    batch_size: int,
+    *,
+    steps: int = 5,
+    warmup: int = 2,
+    device: str = "cpu",
+    precision: str = "fp32",
+    compile: bool = False,
+) -> dict:
+    """Images/s of open_clip's own training step on `device`: `precision` fp32 or amp_bf16
+    (autocast), optionally `torch.compile`d. The like-for-like reference for
+    `train_step_throughput`."""
+    import torch
+
+    step, info = _open_clip_step(
+        model_name, batch_size, device=device, precision=precision, compile=compile
+    )
+    for _ in range(warmup):
+        step()
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step(wait=False)
+    if cuda:
+        torch.cuda.synchronize()
+    step_s = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    return {
+        **info,
         "step_s": round(step_s, 4),
         "images_per_s": round(batch_size / step_s, 2),
         "peak_memory_gb": round(peak / 2**30, 2) if peak is not None else None,

