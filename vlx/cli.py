@@ -399,8 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--open-clip",
         default=None,
         metavar="MODEL",
-        help="also time open_clip's training step of MODEL (e.g. ViT-S-32), alternating with "
-        "vlx's step by step in this process; reports both and their ratio",
+        help="also time open_clip's training step of MODEL (e.g. ViT-S-32) in this process, "
+        "taking turns with vlx's in rounds of 3 steps; reports both and their ratio",
     )
     p.set_defaults(run=_bench_step)
     bench = p.add_subparsers(dest="bench_command", required=False)

@@ -209,27 +209,32 @@ def test_position_embedding_gradient_equals_autodiffs_batch_sum(dtype, tol):
         np.testing.assert_allclose(np.float32(g), np.float32(g_ref), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_fused_attention_projections_equal_the_separate_ones_and_their_gradients(dtype):
-    """Attention computes q, k and v as one matmul of their stacked kernels: the projections,
-    their dtype, and every parameter's gradient equal those of the three layers called apart."""
+@pytest.mark.parametrize(
+    "dtype,cross", [(jnp.float32, False), (jnp.float32, True), (jnp.bfloat16, False)]
+)
+def test_fused_attention_projections_equal_the_separate_layers_and_their_gradients(dtype, cross):
+    """Attention computes q, k and v as one matmul of their stacked kernels (k and v alone for
+    cross-attention) and the output projection on [tokens, width]: the output, its dtype and
+    every parameter's gradient equal those of the `nnx.LinearGeneral` layers called apart."""
     mesh = parallel.make_mesh(dict(data=1, fsdp=1, tensor=1), jax.devices()[:1])
     spec = layers.BlockSpec(width=32, mlp_dim=64, heads=4, dtype=dtype)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.RULES):
         attn = layers.Attention(spec, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(attn)
     x = jax.random.normal(jax.random.key(1), (3, 5, 32))
-    w = jax.random.normal(jax.random.key(2), (3, 3, 5, 4, 8))
+    kv = jax.random.normal(jax.random.key(3), (3, 7, 32)) if cross else None
+    w = jax.random.normal(jax.random.key(2), (3, 5, 32))
 
     def fused(params):
-        a = nnx.merge(graphdef, params)
-        return jnp.stack(a._project(x, a.query, a.key, a.value))
+        return nnx.merge(graphdef, params)(x, kv)
 
     def apart(params):
         a = nnx.merge(graphdef, params)
-        return jnp.stack([a.query(x), a.key(x), a.value(x)])
+        source = x if kv is None else kv
+        y = layers.xla_attention(a.query(x), a.key(source), a.value(source), causal=False)
+        return a.out(y)
 
-    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
     assert fused(params).dtype == apart(params).dtype == dtype
     np.testing.assert_allclose(fused(params).astype(float), apart(params).astype(float), atol=tol)
     grads, grads_ref = (
