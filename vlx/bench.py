@@ -6,6 +6,7 @@ import time
 
 from vlx.data import pipeline, sources
 from vlx.data import tokenizer as tokenizer_lib
+from vlx.errors import ConfigError
 
 
 def data_throughput(
@@ -167,11 +168,17 @@ def side_by_side(cfg, model_name: str, *, steps: int = 10, warmup: int = 2) -> d
 
     import jax
 
+    device = {"cpu": "cpu", "gpu": "cuda"}.get(jax.default_backend())
+    if device is None:
+        raise ConfigError(
+            f"vlx bench --open-clip: open_clip runs on a CPU or an NVIDIA GPU, not on "
+            f"{jax.default_backend()}; run vlx bench without --open-clip there"
+        )
     vlx_step, info = _vlx_step(cfg, block=True)
     oc_step, oc_info = _open_clip_step(
         model_name,
         cfg.batch_size,
-        device="cpu" if jax.default_backend() == "cpu" else "cuda",
+        device=device,
         precision="amp_bf16" if cfg.model.dtype == "bfloat16" else "fp32",
         compile=False,
     )
