@@ -1,9 +1,11 @@
 import json
 import math
+import os
+import platform
 
 import pytest
 
-from vlx import cli, config, flops
+from vlx import bench, cli, config, flops
 
 
 def test_flops_match_published_counts():
@@ -49,7 +51,20 @@ def test_bench_prints_one_json_line_and_writes_a_profile(capsys, tmp_path):
     assert result["peak_source"].startswith("measured matmul")
     assert 0 < result["mfu"] < 1
     assert result["gflops_per_step"] > 0 and result["compile_s"] > 0
+    assert result["host_cpu"] == bench.host_cpu()
     assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
+
+
+def test_host_cpu_names_the_model_the_usable_cores_and_the_widest_vector_unit(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx fma avx2\n"
+    )
+    cores = len(os.sched_getaffinity(0))
+    assert bench.host_cpu(str(cpuinfo)) == f"AMD EPYC 7B13, {cores} cores, avx2"
+    fallback = bench.host_cpu(str(tmp_path / "missing"))
+    assert fallback == f"{platform.processor() or platform.machine()}, {cores} cores"
 
 
 def test_loss_memory_per_device_never_holds_the_global_logits(capsys):

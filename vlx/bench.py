@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 
 from vlx.data import pipeline, sources
 from vlx.data import tokenizer as tokenizer_lib
 from vlx.errors import ConfigError
+
+
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The host's CPU model, the cores this process may use and its widest x86 vector unit, e.g.
+    `AMD EPYC, 2 cores, avx2`. CPU figures compare only on the same model: this project's
+    2-core machines have differed from one session to the next by 2.5x in matmul throughput,
+    and by which of JAX and PyTorch multiplies faster."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+    return ", ".join(filter(None, [model, f"{cores} cores", vector]))
 
 
 def data_throughput(
@@ -132,6 +156,7 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
     return {
         "backend": jax.default_backend(),
         "device_kind": kind,
+        "host_cpu": host_cpu(),
         "devices": devices,
         "mesh": dict(info["mesh"].shape),
         "dtype": dtype,
@@ -290,6 +315,7 @@ def matmul_throughput(
         best = min(best, time.perf_counter() - t0)
     return {
         "framework": version,
+        "host_cpu": host_cpu(),
         "form": form,
         "tokens": tokens,
         "d_in": d_in,
@@ -393,6 +419,7 @@ def _open_clip_step(
         "model": model_name,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "threads": torch.get_num_threads(),
+        "host_cpu": host_cpu(),
         "precision": precision,
         "compile": compile,
         "batch_size": batch_size,
