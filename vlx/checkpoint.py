@@ -18,10 +18,31 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from vlx.errors import CheckpointError
+
+# Orbax's replica-parallel saving splits each replicated array into one slice per replica, so that
+# every host writes a share. Each distinct slice is an XLA program compiled on first use: for the
+# demo's 141 small arrays on 8 CPU devices, 160 programs and 11 s at the first save, to spread a
+# few kilobytes. Only slices at least this large are worth it.
+REPLICA_PARALLEL_MIN_BYTES = 1 << 20
+
+
+def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
+    """Orbax's standard handlers, with replica-parallel saving kept to large arrays."""
+    standard = (int, float, bytes, np.number, np.ndarray, str)
+    return ocp.type_handlers.create_type_handler_registry(
+        *[(t, ocp.type_handlers.get_type_handler(t)) for t in standard],
+        (
+            jax.Array,
+            ocp.type_handlers.ArrayHandler(
+                min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES
+            ),
+        ),
+    )
 
 
 def _pure(arrays: dict) -> dict:
@@ -50,7 +71,7 @@ class Checkpointer:
         )
         self.directory = directory
         handlers = {
-            "state": ocp.PyTreeCheckpointHandler(),
+            "state": ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers()),
             "data": ocp.JsonCheckpointHandler(),
             "config": ocp.JsonCheckpointHandler(),
         }
