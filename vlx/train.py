@@ -212,6 +212,16 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     mesh = parallel.make_mesh(cfg.mesh)
     local_batch = parallel.batch_size_per_process(cfg.batch_size, mesh)
     tok = load_tokenizer(cfg)
+    # The data opens before the model is built and compiled: a wrong path fails in seconds.
+    host_batches = iter(
+        pipeline.train_from_config(
+            cfg,
+            tok,
+            batch_size=local_batch,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+    )
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
@@ -229,15 +239,6 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     compile_sec = time.perf_counter() - t0
     log.info("compiled the train step in %.1fs", compile_sec)
 
-    host_batches = iter(
-        pipeline.train_from_config(
-            cfg,
-            tok,
-            batch_size=local_batch,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        )
-    )
     counts = {"truncated": 0, "skipped": 0}
     if data_state:
         host_batches.set_state(data_state["iterator"])

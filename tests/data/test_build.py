@@ -4,7 +4,7 @@ import pytest
 
 from tests.data import fixtures
 from tests.helpers import cli_train
-from vlx import cli
+from vlx import cli, train
 from vlx.data import build, records
 from vlx.errors import DataError
 
@@ -107,7 +107,13 @@ def test_zeroshot_without_class_names_is_a_one_line_error(tmp_path, capsys):
     assert code == 2 and "zero-shot needs class names" in err
 
 
-def test_not_a_dataset_is_a_one_line_error(tmp_path, capsys):
+def test_not_a_dataset_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    """Before the model is built and compiled (minutes for a large one)."""
+
+    def build_model(*args, **kwargs):
+        raise AssertionError("the model was built before the data was opened")
+
+    monkeypatch.setattr(train, "create_state", build_model)
     (tmp_path / "empty").mkdir()
     for path, message in [
         (tmp_path / "nope", "does not exist"),
