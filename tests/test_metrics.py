@@ -1,0 +1,25 @@
+import subprocess
+import sys
+
+from vlx.metrics import read_jsonl
+
+WRITE = """
+import sys
+from vlx.metrics import MetricWriter
+writer = MetricWriter(sys.argv[1])
+writer.write(1, {"train/loss": 2.5})
+writer.close()
+print(sorted(m for m in sys.modules if m.split(".")[0] == "torch"))
+"""
+
+
+def test_metrics_reach_jsonl_and_tensorboard_without_loading_torch(tmp_path):
+    """tensorboardX would import PyTorch (installed here) at every run's start; vlx hides it."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": 2.5}]
+    (events,) = (tmp_path / "tensorboard").iterdir()
+    assert events.name.startswith("events.out.tfevents") and events.stat().st_size > 0
