@@ -5,9 +5,9 @@ import os
 import shutil
 import tempfile
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+from tests.xla import cpu_flags
+
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {cpu_flags(8)}".strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -20,6 +20,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if os.environ.get("VLX_TESTS_CACHE_PID") != str(os.getpid()):
     _cache = tempfile.mkdtemp(prefix="vlx-tests-jax-cache-")
     os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache, VLX_TESTS_CACHE_PID=str(os.getpid()))
+    # Also the sub-second programs (initialisers, evaluators), which JAX leaves out by default.
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import jax  # noqa: E402

@@ -1,5 +1,10 @@
-"""Tiny configs shared by the tests."""
+"""Tiny configs and `vlx` runners shared by the tests."""
 
+import os
+import subprocess
+import sys
+
+from tests.xla import cpu_flags
 from vlx import cli, config
 
 TINY = dict(
@@ -30,3 +35,12 @@ def tiny_config(**updates):
 def cli_train(config_path, workdir, *overrides: str) -> int:
     """`vlx train --config CONFIG --workdir WORKDIR OVERRIDES...`, in this process."""
     return cli.main(["train", "--config", str(config_path), "--workdir", str(workdir), *overrides])
+
+
+def run_vlx(
+    *args: str, devices: int, optimize: bool = False, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """`vlx ARGS...` in a new process that sees `devices` CPU devices (see `cpu_flags`)."""
+    env = {**os.environ, "XLA_FLAGS": cpu_flags(devices, optimize=optimize)}
+    cmd = [sys.executable, "-m", "vlx.cli", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)

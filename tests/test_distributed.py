@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from tests.xla import cpu_flags
 from vlx.metrics import read_jsonl
 
 DEMO = [
@@ -31,7 +32,7 @@ def start(workdir, *args, processes: int = 2, devices: int = 4, timeout: int = 6
     """`vlx train` in `processes` processes with `devices` CPU devices each."""
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": cpu_flags(devices),
         "JAX_PLATFORMS": "cpu",
     }
     port = free_port()
@@ -107,7 +108,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
 
 def test_unreachable_coordinator_fails_in_bounded_time(tmp_path):
     port = free_port()  # nobody listens here
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {**os.environ, "XLA_FLAGS": cpu_flags(4)}
     cmd = [sys.executable, "-m", "vlx.cli", "train", "--workdir", str(tmp_path), *DEMO]
     cmd += ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", "1"]
     cmd += ["--init_timeout", "5"]
