@@ -200,7 +200,8 @@ def test_saving_small_replicated_arrays_compiles_nothing(tmp_path):
     compiles = []
 
     def count(name, _secs, **_):
-        compiles.append(name) if name.endswith("backend_compile_duration") else None
+        if name.endswith("backend_compile_duration"):
+            compiles.append(name)
 
     jax.monitoring.register_event_duration_secs_listener(count)
     try:

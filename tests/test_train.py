@@ -81,7 +81,7 @@ def test_demo_trains_from_the_cli(tmp_path):
     """A shortened demo: the loss falls and held-out zero-shot top-1 reaches 0.9 (0.93 here).
 
     On one CPU device, as the README's demo command runs on a laptop: 8 simulated devices on a
-    2-core machine take twice as long per step, and sharding is tested elsewhere."""
+    2-core machine take up to twice as long per step, and sharding is tested elsewhere."""
     workdir = tmp_path / "demo"
     done = run_vlx(
         "train",
