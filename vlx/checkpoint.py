@@ -33,7 +33,7 @@ REPLICA_PARALLEL_MIN_BYTES = 1 << 20
 
 def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
     """Orbax's standard handlers, with replica-parallel saving kept to large arrays."""
-    standard = (int, float, bytes, np.number, np.ndarray, str)
+    standard = (int, float, bytes, np.number, np.ndarray, str, type(ocp.PLACEHOLDER))
     return ocp.type_handlers.create_type_handler_registry(
         *[(t, ocp.type_handlers.get_type_handler(t)) for t in standard],
         (
