@@ -212,7 +212,8 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     mesh = parallel.make_mesh(cfg.mesh)
     local_batch = parallel.batch_size_per_process(cfg.batch_size, mesh)
     tok = load_tokenizer(cfg)
-    # The data opens before the model is built and compiled: a wrong path fails in seconds.
+    # All data, training and evaluation, opens before the model is built and compiled: a wrong
+    # path fails in seconds.
     host_batches = iter(
         pipeline.train_from_config(
             cfg,
@@ -222,6 +223,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
             process_count=jax.process_count(),
         )
     )
+    eval_sources = evals.open_sources(cfg)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
@@ -252,7 +254,13 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     # timeout; CPU execution is synchronous in practice, so waiting costs nothing there.
     block_each_step = jax.default_backend() == "cpu"
     context = EvalContext(
-        cfg, mesh, state.graphdefs["model"], arrays["model"], state.shardings["model"], tok
+        cfg,
+        mesh,
+        state.graphdefs["model"],
+        arrays["model"],
+        state.shardings["model"],
+        tok,
+        sources=eval_sources,
     )
     last: dict[str, float] = {}
     # Skipped updates add up on the device, so counting them never syncs the host.

@@ -108,22 +108,27 @@ def test_zeroshot_without_class_names_is_a_one_line_error(tmp_path, capsys):
 
 
 def test_not_a_dataset_is_a_one_line_error(tmp_path, capsys, monkeypatch):
-    """Before the model is built and compiled (minutes for a large one)."""
+    """Training and evaluation data both, before the model is built and compiled (minutes for
+    a large one), not at the first evaluation (hours into a run)."""
 
     def build_model(*args, **kwargs):
         raise AssertionError("the model was built before the data was opened")
 
     monkeypatch.setattr(train, "create_state", build_model)
     (tmp_path / "empty").mkdir()
-    for path, message in [
-        (tmp_path / "nope", "does not exist"),
-        (tmp_path / "empty", "is not a vlx dataset"),
+    nope = tmp_path / "nope"
+    for override, message in [
+        (f"data.source=arrayrecord:{nope}", f"dataset {nope} does not exist"),
+        (f"data.source=arrayrecord:{tmp_path / 'empty'}", "is not a vlx dataset"),
+        (f"evals.zeroshot.dataset=arrayrecord:{nope}", "evals.zeroshot.dataset: dataset"),
+        ("evals.probe.train_split=val", "evals.probe.train_split: demo split 'val': choose"),
+        ("evals.zeroshot.classnames=('a', 'b')", "2 class names for a dataset with 24"),
     ]:
-        code = cli_train(
-            "configs/demo.py", str(tmp_path / "w"), f"--config.data.source=arrayrecord:{path}"
-        )
+        code = cli_train("configs/demo.py", str(tmp_path / "w"), f"--config.{override}")
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert code == 2 and err.startswith("vlx: error:") and message in err
+        assert code == 2 and err.startswith("vlx: error:") and message in err, err
+    with pytest.raises(AssertionError, match="model was built before"):  # good data goes on
+        cli_train("configs/demo.py", str(tmp_path / "w"))
 
 
 def test_cli_build_inspect_and_train(tmp_path, capsys):

@@ -1,13 +1,17 @@
-"""Embedding datasets on the 8-device mesh: every example once, in source order."""
+"""Evaluation data: datasets opened once at start, embedded on the 8-device mesh in order."""
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from tests.helpers import tiny_config
-from vlx import parallel, train
+from vlx import config, evals, parallel, train
+from vlx.data import sources as sources_lib
 from vlx.data import tokenizer as tokenizer_lib
 from vlx.data.transforms import normalize
+from vlx.errors import DataError
+from vlx.evals import linear_probe
 from vlx.evals.common import EvalContext
 
 
@@ -53,3 +57,27 @@ def test_texts_embed_in_order_across_batches():
     out = context.embed_texts(texts, batch_size=8)
     tokens, _ = tok(texts)
     np.testing.assert_allclose(out, model.encode_text(tokens), atol=1e-5)
+
+
+def test_eval_sources_open_once_at_start_and_are_reused(monkeypatch):
+    opened = []
+    build = sources_lib.build
+
+    def counting_build(spec, **kwargs):
+        opened.append((spec, kwargs["split"]))
+        return build(spec, **kwargs)
+
+    monkeypatch.setattr(sources_lib, "build", counting_build)
+    cfg = config.load("configs/demo.py")
+    sources = evals.open_sources(cfg)
+    # zero-shot and the probe's test side share (demo, test, 1200); the probe trains on `probe`
+    assert opened == [("demo", "test"), ("demo", "probe")]
+    test, train_source = linear_probe.prepare(cfg.evals.probe, sources, name="probe")
+    assert (len(test), len(train_source), repr(train_source)) == (1200, 2400, "demo:probe")
+    assert len(opened) == 2
+
+    monkeypatch.setattr(sources_lib, "build", lambda spec, **kw: [])
+    with pytest.raises(DataError, match=r"^evals\.ret\.dataset: \[\] has no examples"):
+        evals.open_sources(
+            config.load("configs/demo.py", ["--config.evals={'ret': {'type': 'retrieval'}}"])
+        )

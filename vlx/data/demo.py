@@ -16,6 +16,8 @@ import itertools
 
 import numpy as np
 
+from vlx.errors import DataError
+
 COLORS = {
     "red": (220, 40, 40),
     "green": (40, 180, 60),
@@ -59,7 +61,7 @@ class DemoSource:
 
     def __post_init__(self):
         if self.split not in _SPLIT_SEED:
-            raise ValueError(f"demo split {self.split!r}: choose one of {', '.join(_SPLIT_SEED)}")
+            raise DataError(f"demo split {self.split!r}: choose one of {', '.join(_SPLIT_SEED)}")
 
     @property
     def classes(self) -> tuple[str, ...]:

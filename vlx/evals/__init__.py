@@ -1,13 +1,18 @@
-"""Evaluators configured under `config.evals.<name>` and run during and after training."""
+"""Evaluators configured under `config.evals.<name>` and run during and after training.
+
+Each evaluator module has `prepare(eval_cfg, sources, *, name)`, which opens its datasets and
+checks the settings that depend on them, and `run(eval_cfg, context, *, name, prefix)`.
+"""
 
 from __future__ import annotations
 
 from vlx.evals import linear_probe, retrieval, zeroshot
+from vlx.evals.common import EvalSources
 
 EVALUATORS = {
-    "zeroshot": zeroshot.run,
-    "retrieval": retrieval.run,
-    "linear_probe": linear_probe.run,
+    "zeroshot": zeroshot,
+    "retrieval": retrieval,
+    "linear_probe": linear_probe,
 }
 
 
@@ -21,13 +26,21 @@ def due(eval_cfg, step: int, total_steps: int) -> bool:
     return step == total_steps or (every > 0 and step % every == 0)
 
 
+def open_sources(cfg) -> EvalSources:
+    """Every evaluator's datasets, opened and checked against its settings (class names)."""
+    sources = EvalSources(cfg)
+    for name, eval_cfg in cfg.evals.items():
+        EVALUATORS[eval_cfg.type].prepare(eval_cfg, sources, name=name)
+    return sources
+
+
 def run_all(cfg, context, step: int, *, force: bool = False) -> dict[str, float]:
     """Runs every evaluator due at `step` (all of them when `force`); merged metrics."""
     results: dict[str, float] = {}
     for name, eval_cfg in cfg.evals.items():
         if force or due(eval_cfg, step, cfg.total_steps):
             results.update(
-                EVALUATORS[eval_cfg.type](
+                EVALUATORS[eval_cfg.type].run(
                     eval_cfg, context, name=name, prefix=prefix(name, eval_cfg)
                 )
             )

@@ -28,9 +28,42 @@ class Embedded:
     skipped: int  # examples that failed to load
 
 
+class EvalSources:
+    """The evaluators' datasets, each opened once and kept for every evaluation after.
+
+    `vlx.evals.open_sources` opens them all when a run starts, so a wrong path fails in seconds
+    rather than at the first evaluation, possibly hours into training."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self._open: dict[tuple, object] = {}
+
+    def get(self, eval_cfg, *, key: str, split: str = "", dataset: str = "", num_examples=-1):
+        """`eval_cfg`'s dataset, or another `dataset`/`split` of it (with `num_examples`).
+
+        `key` names the setting that chose it, for errors."""
+        num_examples = eval_cfg.num_examples if num_examples < 0 else num_examples
+        spec = (dataset or eval_cfg.dataset, split or eval_cfg.split, num_examples or None)
+        if spec not in self._open:
+            try:
+                source = sources.build(
+                    spec[0],
+                    split=spec[1],
+                    image_size=self.cfg.model.image.image_size,
+                    data_cfg=self.cfg.data,
+                    num_examples=spec[2],
+                )
+            except DataError as e:
+                raise DataError(f"{key}: {e}") from None
+            if len(source) == 0:
+                raise DataError(f"{key}: {source!r} has no examples to evaluate")
+            self._open[spec] = source
+        return self._open[spec]
+
+
 @dataclasses.dataclass
 class EvalContext:
-    """What an evaluator needs: the model, the mesh, the data settings and the tokenizer.
+    """What an evaluator needs: the model, the mesh, the datasets and the tokenizer.
 
     `save_dir`, when set, receives each evaluator's embeddings (`<name>.npz`) so that its
     numbers can be recomputed outside vlx.
@@ -42,9 +75,12 @@ class EvalContext:
     model_state: nnx.State
     model_sharding: object
     tokenizer: Tokenizer
+    sources: EvalSources | None = None
     save_dir: Path | None = None
 
     def __post_init__(self):
+        if self.sources is None:
+            self.sources = EvalSources(self.cfg)
         kind = self.cfg.data.normalize
         gd, batch = self.graphdef, parallel.batch_sharding(self.mesh)
         self._sharding = batch
@@ -84,17 +120,6 @@ class EvalContext:
             rows = jax.make_array_from_callback(padded.shape, self._sharding, padded.__getitem__)
             out.append(gather(self._texts(self.model_state, rows))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.cfg.model.embed_dim), np.float32)
-
-    def source(self, eval_cfg, *, split: str = "", dataset: str = "", num_examples: int = -1):
-        """The evaluator's dataset, or another `dataset`/`split` of it (with `num_examples`)."""
-        num_examples = eval_cfg.num_examples if num_examples < 0 else num_examples
-        return sources.build(
-            dataset or eval_cfg.dataset,
-            split=split or eval_cfg.split,
-            image_size=self.cfg.model.image.image_size,
-            data_cfg=self.cfg.data,
-            num_examples=num_examples or None,
-        )
 
     def embed_images(self, source, batch_size: int, num_examples: int = 0) -> Embedded:
         """Embeds every example of `source` (the first `num_examples` when > 0) once.

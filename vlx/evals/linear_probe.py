@@ -106,15 +106,23 @@ def probe(
     }
 
 
-def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
+def prepare(eval_cfg, sources, *, name: str):
+    """(test source, train source)."""
     key = f"evals.{name}"
-    test_source = context.source(eval_cfg)
-    train_source = context.source(
+    test = sources.get(eval_cfg, key=f"{key}.dataset")
+    train = sources.get(
         eval_cfg,
+        key=f"{key}.train_dataset" if eval_cfg.train_dataset else f"{key}.train_split",
         split=eval_cfg.train_split,
         dataset=eval_cfg.train_dataset,
         num_examples=eval_cfg.train_examples,
     )
+    return test, train
+
+
+def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
+    key = f"evals.{name}"
+    test_source, train_source = prepare(eval_cfg, context.sources, name=name)
     test = context.embed_images(test_source, eval_cfg.batch_size, eval_cfg.num_examples)
     train = context.embed_images(train_source, eval_cfg.batch_size, eval_cfg.train_examples)
     for split, data in (("train", train), ("test", test)):

@@ -41,8 +41,13 @@ def recalls(image_emb: np.ndarray, text_emb: np.ndarray, owner: np.ndarray, chun
     return out
 
 
+def prepare(eval_cfg, sources, *, name: str):
+    """The source to evaluate."""
+    return sources.get(eval_cfg, key=f"evals.{name}.dataset")
+
+
 def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
-    source = context.source(eval_cfg)
+    source = prepare(eval_cfg, context.sources, name=name)
     data = context.embed_images(source, eval_cfg.batch_size, eval_cfg.num_examples)
     captions, owner = [], []
     for row, i in enumerate(data.index):

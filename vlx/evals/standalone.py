@@ -33,6 +33,7 @@ def evaluate(
         trained.model,
         trained.state.shardings["model"],
         trained.tokenizer,
+        sources=evals.open_sources(cfg),
         save_dir=workdir / "eval" / str(step) if save_embeddings else None,
     )
     results = evals.run_all(cfg, context, step, force=True)

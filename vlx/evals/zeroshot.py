@@ -59,11 +59,26 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     return ranking.rank(logits, positive) < k
 
 
-def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
+def prepare(eval_cfg, sources, *, name: str):
+    """(source, class names, templates, the ZPE reference source or None)."""
     key = f"evals.{name}"
-    source = context.source(eval_cfg)
+    source = sources.get(eval_cfg, key=f"{key}.dataset")
     classes = prompts.classnames(eval_cfg.classnames, source, key=f"{key}.classnames")
     templates = prompts.templates(eval_cfg.templates, key=f"{key}.templates")
+    reference = None
+    if eval_cfg.prompt_weighting == "zpe" and eval_cfg.zpe_reference:
+        reference = sources.get(
+            eval_cfg,
+            key=f"{key}.zpe_reference",
+            split="train",
+            dataset=eval_cfg.zpe_reference,
+            num_examples=eval_cfg.zpe_reference_examples,
+        )
+    return source, classes, templates, reference
+
+
+def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
+    source, classes, templates, ref_source = prepare(eval_cfg, context.sources, name=name)
     per_prompt = prompt_embeddings(
         lambda texts: context.embed_texts(texts, eval_cfg.batch_size), classes, templates
     )
@@ -71,13 +86,7 @@ def run(eval_cfg, context, *, name: str, prefix: str) -> dict[str, float]:
     weights = None
     if eval_cfg.prompt_weighting == "zpe":
         reference = data.images
-        if eval_cfg.zpe_reference:
-            ref_source = context.source(
-                eval_cfg,
-                split="train",
-                dataset=eval_cfg.zpe_reference,
-                num_examples=eval_cfg.zpe_reference_examples,
-            )
+        if ref_source is not None:
             reference = context.embed_images(
                 ref_source, eval_cfg.batch_size, eval_cfg.zpe_reference_examples
             ).images
