@@ -127,11 +127,13 @@ class Checkpointer:
         return out, (restored["data"] if not only else None)
 
     def load_arrays(self, step: int) -> dict:
-        """The saved state of `step` as nested dicts of host arrays (no model needed)."""
+        """The saved state of `step` as nested dicts of numpy arrays (no model, no devices)."""
+        metadata = self.manager.item_metadata(step)["state"]
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore())
+            step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=as_numpy))
         )
-        return jax.device_get(restored["state"])
+        return restored["state"]
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
