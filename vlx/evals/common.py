@@ -38,7 +38,9 @@ class EvalSources:
         self.cfg = cfg
         self._open: dict[tuple, object] = {}
 
-    def get(self, eval_cfg, *, key: str, split: str = "", dataset: str = "", num_examples=-1):
+    def get(
+        self, eval_cfg, *, key: str, split: str = "", dataset: str = "", num_examples: int = -1
+    ):
         """`eval_cfg`'s dataset, or another `dataset`/`split` of it (with `num_examples`).
 
         `key` names the setting that chose it, for errors."""
