@@ -96,6 +96,37 @@ def test_init_from_loads_weights_only_and_starts_at_step_zero(tmp_path):
         train.train(mismatched, tmp_path / "ft2")
 
 
+def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
+    tmp_path, monkeypatch
+):
+    run = tmp_path / "run"
+    train.train(config(total_steps=3), run)
+    saved = (run / "config.json").read_text()
+    build_model = train.create_state
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the checkpoint was checked")
+
+    monkeypatch.setattr(train, "create_state", no_model)
+    other = config(total_steps=6, model=dict(embed_dim=8, image=dict(depth=1)))
+    with pytest.raises(CheckpointError) as e:
+        train.train(other, run)
+    assert str(e.value) == (
+        f"{run / 'checkpoints' / '3'} was written for a different model: "
+        "model.embed_dim: checkpoint 16 vs config 8; model.image.depth: checkpoint 2 vs config 1"
+        ". Use another --workdir, or --config.init_from to start from its weights"
+    )
+    assert (run / "config.json").read_text() == saved  # the run's own config is kept
+    with pytest.raises(CheckpointError, match="no complete checkpoint found at"):
+        train.train(config(init_from=str(tmp_path / "nope")), tmp_path / "ft")
+
+    # How the model runs may change: more remat, bfloat16 compute, no patch dropout.
+    monkeypatch.setattr(train, "create_state", build_model)
+    runtime = dict(remat="full", dtype="bfloat16", image=dict(patch_dropout=0.5))
+    summary = train.train(config(total_steps=4, model=runtime), run)
+    assert summary["step"] == 4 and losses(run)[-1][0] == 4
+
+
 def test_nonfinite_loss_stops_or_is_skipped(tmp_path):
     assert train.train(config(), tmp_path / "run", stop=StopAt(3))["stopped"] == 3
     blowup = config(optim=dict(lr=1e30))  # resumed with a fatal learning rate

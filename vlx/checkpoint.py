@@ -174,8 +174,16 @@ def _path(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
+# Model settings that change how the model runs, not its parameters: a run may resume with
+# other values (more remat after running out of memory, XLA attention on other hardware).
+RUNTIME_MODEL_KEYS = frozenset(
+    {"model.dtype", "model.remat", "model.attention", "model.image.patch_dropout"}
+)
+
+
 def model_config_differences(saved, current) -> list[str]:
-    """'model.x: checkpoint A vs config B' for every model setting that differs."""
+    """'model.x: checkpoint A vs config B' for every model setting that differs, except
+    `RUNTIME_MODEL_KEYS`."""
 
     def flat(node, prefix="model"):
         out = {}
@@ -190,7 +198,7 @@ def model_config_differences(saved, current) -> list[str]:
     return [
         f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
-        if _norm(a.get(k)) != _norm(b.get(k))
+        if k not in RUNTIME_MODEL_KEYS and _norm(a.get(k)) != _norm(b.get(k))
     ]
 
 

@@ -453,6 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _read_only_notice(record: logging.LogRecord) -> bool:
+    """False for Orbax's warning that a checkpoint directory is opened read-only, which `vlx
+    eval` and `vlx export` do on purpose."""
+    return not record.getMessage().startswith("Given directory is read only")
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         from vlx import hostenv
@@ -471,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("absl", "jax._src", "orbax", "grain"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("absl").addFilter(_read_only_notice)
     try:
         return args.run(args, overrides)
     except VlxError as e:

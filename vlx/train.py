@@ -212,8 +212,9 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     mesh = parallel.make_mesh(cfg.mesh)
     local_batch = parallel.batch_size_per_process(cfg.batch_size, mesh)
     tok = load_tokenizer(cfg)
-    # All data, training and evaluation, opens before the model is built and compiled: a wrong
-    # path fails in seconds.
+    # What a user can get wrong (data and evaluation paths, the checkpoint to resume or start
+    # from) fails here in seconds, before the model is built and compiled and before the
+    # workdir's config is written.
     host_batches = iter(
         pipeline.train_from_config(
             cfg,
@@ -224,6 +225,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
         )
     )
     eval_sources = evals.open_sources(cfg)
+    start_from = find_start(cfg, workdir)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
@@ -231,7 +233,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
 
     tx, lr_schedule = optim.make(cfg.optim, cfg.total_steps)
     state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=tx)
-    arrays, start, data_state = restore_or_init(cfg, workdir, state)
+    arrays, start, data_state = restore_or_init(cfg, start_from, state)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(arrays["model"], nnx.Param)))
     log.info("model: %.2fM parameters; mesh %s", n_params / 1e6, dict(mesh.shape))
 
@@ -341,26 +343,51 @@ def stop_agreed(stop, step: int, every: int) -> bool:
     return bool(np.any(flags))
 
 
-def restore_or_init(cfg, workdir: Path, state: TrainState) -> tuple[dict, int, dict | None]:
-    """(arrays, first step, data state): the latest checkpoint in `workdir` if there is one,
-    else `cfg.init_from`'s weights (at step 0), else the freshly initialised state."""
+@dataclasses.dataclass
+class Start:
+    """Where a run's weights come from, decided before the model is built: this workdir's
+    latest checkpoint (`resume`), a checkpoint to take the model from (`init_from`), or
+    neither (a fresh model, or PyTorch weights: `init_from` hf:/open_clip:)."""
+
+    checkpointer: Checkpointer | None = None
+    step: int = 0
+    resume: bool = False
+
+
+def find_start(cfg, workdir: Path) -> Start:
+    """Refuses to resume a checkpoint of another model, and fails on an `init_from` without
+    one, before anything is built or written."""
     ckpt_dir = workdir / "checkpoints"
     if ckpt_dir.is_dir():
         ckpt = Checkpointer(ckpt_dir, read_only=True)
         step = ckpt.latest_step()
         if step is not None:
             refuse_other_model(ckpt, step, cfg)
-            arrays, data_state = ckpt.restore(step, state.arrays)
-            log.info("resuming from the checkpoint of step %d in %s", step, ckpt_dir)
-            return arrays, step, data_state
+            return Start(ckpt, step, resume=True)
+    if cfg.init_from and not imports.is_pytorch(cfg.init_from):
+        return Start(*checkpoint_lib.find(cfg.init_from))
+    return Start()
+
+
+def restore_or_init(cfg, start: Start, state: TrainState) -> tuple[dict, int, dict | None]:
+    """(arrays, first step, data state) from `start`, else the freshly initialised state."""
+    if start.resume:
+        arrays, data_state = start.checkpointer.restore(start.step, state.arrays)
+        log.info(
+            "resuming from the checkpoint of step %d in %s",
+            start.step,
+            start.checkpointer.directory,
+        )
+        return arrays, start.step, data_state
+    if start.checkpointer is not None:
+        arrays, _ = start.checkpointer.restore(start.step, state.arrays, only=("model",))
+        log.info(
+            "initialised the model from %s (step %d); starting at step 0", cfg.init_from, start.step
+        )
+        return arrays, 0, None
     if imports.is_pytorch(cfg.init_from):
         model = imports.load(cfg, state.arrays["model"], state.shardings["model"])
         return {**state.arrays, "model": model}, 0, None
-    if cfg.init_from:
-        ckpt, step = checkpoint_lib.find(cfg.init_from)
-        arrays, _ = ckpt.restore(step, state.arrays, only=("model",))
-        log.info("initialised the model from %s (step %d); starting at step 0", cfg.init_from, step)
-        return arrays, 0, None
     return state.arrays, 0, None
 
 
@@ -399,9 +426,22 @@ class Trained:
     model: nnx.State  # its arrays at `step`
 
 
-def load_trained(workdir: str | Path, step: int | None = None, overrides=()) -> Trained:
-    """The model of `workdir` at checkpoint `step` (default: the latest), with its config
-    (plus `overrides`) and tokenizer; for `vlx eval` and `vlx export`."""
+@dataclasses.dataclass
+class SavedRun:
+    """A workdir opened for reading: its config (plus overrides, validated), its tokenizer and a
+    checkpoint step that exists. Cheap: nothing is built or restored until `load_trained`, so
+    callers check what they need (evaluation data, an export format) first."""
+
+    workdir: Path
+    cfg: object
+    step: int
+    tokenizer: tokenizer_lib.Tokenizer
+    checkpointer: Checkpointer
+
+
+def open_run(workdir: str | Path, step: int | None = None, overrides=()) -> SavedRun:
+    """`workdir`'s run at checkpoint `step` (default: the latest); for `vlx eval` and `vlx
+    export`."""
     workdir = Path(workdir)
     if not (workdir / "config.json").is_file():
         raise ConfigError(f"{workdir} has no config.json; is it a vlx workdir?")
@@ -416,8 +456,13 @@ def load_trained(workdir: str | Path, step: int | None = None, overrides=()) -> 
             f"no checkpoint of step {step} in {workdir / 'checkpoints'}; "
             f"available: {sorted(ckpt.manager.all_steps())}"
         )
-    mesh = parallel.make_mesh(cfg.mesh)
     tok = tokenizer_lib.load(str(workdir / "tokenizer"), cfg.model.text.context_length)
-    state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=None)
-    arrays, _ = ckpt.restore(step, state.arrays, only=("model",))
-    return Trained(cfg, step, mesh, tok, state, arrays["model"])
+    return SavedRun(workdir, cfg, step, tok, ckpt)
+
+
+def load_trained(run: SavedRun) -> Trained:
+    """`run`'s model restored onto the mesh of its config."""
+    mesh = parallel.make_mesh(run.cfg.mesh)
+    state = create_state(run.cfg, mesh, eos_id=run.tokenizer.eos_id, tx=None)
+    arrays, _ = run.checkpointer.restore(run.step, state.arrays, only=("model",))
+    return Trained(run.cfg, run.step, mesh, run.tokenizer, state, arrays["model"])

@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers
 
-from tests.export.helpers import CAPTIONS, images, trained, vlx_outputs
-from vlx import cli, config
+from tests.export.helpers import CAPTIONS, images, restored_too_soon, trained, vlx_outputs
+from vlx import cli, config, train
 from vlx.errors import ExportError
 from vlx.export import hf
 
@@ -53,8 +53,9 @@ def test_hf_export_matches_vlx(tmp_path, style):
     )
 
 
-def test_hf_refuses_what_it_cannot_hold_and_leaves_nothing(tmp_path, capsys):
+def test_hf_refuses_what_it_cannot_hold_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     workdir = trained(tmp_path, "clip_gelu")
+    monkeypatch.setattr(train, "load_trained", restored_too_soon)
     path = tmp_path / "clip_gelu" / "config.json"
     saved = json.loads(path.read_text())
     saved["model"]["image"]["pool"] = "gap"  # average pooling: no parameters change

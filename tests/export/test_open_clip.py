@@ -5,8 +5,8 @@ import open_clip
 import pytest
 import torch
 
-from tests.export.helpers import CAPTIONS, images, trained, vlx_outputs
-from vlx import cli
+from tests.export.helpers import CAPTIONS, images, restored_too_soon, trained, vlx_outputs
+from vlx import cli, train
 
 
 @pytest.mark.parametrize("style", ["clip_quick_gelu", "clip_gelu"])
@@ -33,8 +33,9 @@ def test_open_clip_export_matches_vlx(tmp_path, style):
     np.testing.assert_allclose(scale, float(model.scale_and_bias()[0]), rtol=1e-6)
 
 
-def test_open_clip_refuses_siglip(tmp_path, capsys):
+def test_open_clip_refuses_siglip(tmp_path, capsys, monkeypatch):
     workdir = trained(tmp_path, "siglip")
+    monkeypatch.setattr(train, "load_trained", restored_too_soon)
     out = tmp_path / "oc"
     args = ["export", "--workdir", workdir, "--format", "open_clip", "--out", str(out)]
     assert cli.main(args) == 2

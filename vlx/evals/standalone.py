@@ -22,10 +22,12 @@ def evaluate(
     from vlx import train
 
     workdir = Path(workdir)
-    trained = train.load_trained(workdir, step, overrides)
-    cfg, step = trained.cfg, trained.step
+    run = train.open_run(workdir, step, overrides)
+    cfg, step = run.cfg, run.step
     if not cfg.evals:
         raise ConfigError("no evaluators configured; add some with --config.evals={...}")
+    sources = evals.open_sources(cfg)  # before the model: a wrong path fails in seconds
+    trained = train.load_trained(run)
     context = EvalContext(
         cfg,
         trained.mesh,
@@ -33,7 +35,7 @@ def evaluate(
         trained.model,
         trained.state.shardings["model"],
         trained.tokenizer,
-        sources=evals.open_sources(cfg),
+        sources=sources,
         save_dir=workdir / "eval" / str(step) if save_embeddings else None,
     )
     results = evals.run_all(cfg, context, step, force=True)

@@ -29,8 +29,9 @@ def export(workdir: str | Path, out: str | Path, fmt: str, step: int | None = No
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} exists and is not empty; choose another --out or remove it")
-    trained = train.load_trained(workdir, step)
-    FORMATS[fmt].check(trained.cfg.model, trained.tokenizer)
+    run = train.open_run(workdir, step)
+    FORMATS[fmt].check(run.cfg.model, run.tokenizer)  # before restoring the model
+    trained = train.load_trained(run)
     flat = params.flatten(nnx.to_pure_dict(jax.device_get(trained.model)))
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
