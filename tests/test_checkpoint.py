@@ -13,9 +13,10 @@ from flax import nnx
 
 from tests.helpers import tiny_config
 from tests.xla import cpu_flags
-from vlx import checkpoint, train
+from vlx import checkpoint, optim, parallel, train
 from vlx import config as vlx_config
 from vlx.errors import CheckpointError, TrainingError
+from vlx.export import params
 
 
 def config(**updates):
@@ -120,11 +121,39 @@ def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
     with pytest.raises(CheckpointError, match="no complete checkpoint found at"):
         train.train(config(init_from=str(tmp_path / "nope")), tmp_path / "ft")
 
-    # How the model runs may change: more remat, bfloat16 compute, no patch dropout.
+    # How the model runs may change: more remat, bfloat16 compute, patch dropout, no scan.
     monkeypatch.setattr(train, "create_state", build_model)
-    runtime = dict(remat="full", dtype="bfloat16", image=dict(patch_dropout=0.5))
+    runtime = dict(remat="full", dtype="bfloat16", scan=False, image=dict(patch_dropout=0.5))
     summary = train.train(config(total_steps=4, model=runtime), run)
     assert summary["step"] == 4 and losses(run)[-1][0] == 4
+
+
+def test_scanned_checkpoints_restore_into_unrolled_layers_and_back(tmp_path):
+    """`model.scan` stacks each encoder weight over layers; a checkpoint restores either way,
+    model and optimizer state, value for value, into the new model's shardings."""
+    train.train(config(total_steps=2), tmp_path / "scanned")
+    train.train(config(total_steps=2, model=dict(scan=False)), tmp_path / "unrolled")
+    for run, scan in (("scanned", False), ("unrolled", True)):
+        ckpt, step = checkpoint.find(tmp_path / run)
+        saved = ckpt.load_arrays(step)
+        cfg = config(model=dict(scan=scan))
+        mesh = parallel.make_mesh(cfg.mesh)
+        state = train.create_state(cfg, mesh, eos_id=1, tx=optim.make(cfg.optim, 8)[0])
+        arrays, data = ckpt.restore(step, state.arrays)
+        assert data["counts"]["skipped"] == 0
+        for name in ("model", "opt"):
+            restored = nnx.to_pure_dict(arrays[name])
+            want = params.flatten(saved[name])
+            got = params.flatten(jax.device_get(restored))
+            assert got.keys() == want.keys() and any(".blocks.1." in k for k in got)
+            for key, value in want.items():
+                np.testing.assert_array_equal(got[key], value, err_msg=key)
+            shardings = nnx.to_pure_dict(state.shardings[name])
+            jax.tree.map(lambda x, s: assert_sharding(x, s), restored, shardings)
+
+
+def assert_sharding(x, sharding):
+    assert x.sharding.is_equivalent_to(sharding, x.ndim), (x.sharding, sharding)
 
 
 def test_nonfinite_loss_stops_or_is_skipped(tmp_path):

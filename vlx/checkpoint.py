@@ -1,7 +1,8 @@
 """Orbax checkpoints in `WORKDIR/checkpoints/<step>/`: train state, data position, config.
 
 - `state`: model and optimizer arrays as NNX pure dicts; restored directly into the shardings of
-  whatever mesh the run uses now (a checkpoint from 8 devices restores onto 4, fsdp onto data).
+  whatever mesh the run uses now (a checkpoint from 8 devices restores onto 4, fsdp onto data),
+  or, when the encoders' layers are stored the other way (`model.scan`), converted on the host.
 - `data`: the Grain iterator state right after the step's batch, and the data counters, so the
   resumed run reads exactly the batches the uninterrupted run would have read.
 - `config`: the config that wrote it; a model that does not match is refused by name.
@@ -13,6 +14,7 @@ leaves the previous checkpoint as the latest complete one.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -23,6 +25,9 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from vlx.errors import CheckpointError
+from vlx.export import params
+
+log = logging.getLogger(__name__)
 
 # Orbax's replica-parallel saving splits each replicated array into one slice per replica, so that
 # every host writes a share. Each distinct slice is an XLA program compiled on first use: for the
@@ -104,23 +109,35 @@ class Checkpointer:
         """Restores `step` into the shapes and shardings of `arrays` (real or abstract).
 
         Returns (arrays, data state). `only=('model',)` restores the model and keeps the rest of
-        `arrays` as given (fine-tuning starts).
+        `arrays` as given (fine-tuning starts). A checkpoint whose encoders store their layers
+        the other way (stacked by `model.scan`, or one array per layer) is read to the host and
+        converted; otherwise arrays are read straight into their shardings.
         """
-        check_shapes(
-            self.manager.item_metadata(step)["state"], arrays, self.directory / str(step), only=only
-        )
-        target = _abstract({k: v for k, v in arrays.items() if only is None or k in only})
-        state_args = ocp.args.PyTreeRestore(
-            target,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-            partial_restore=only is not None,
-        )
-        items = {"state": state_args}
+        names = tuple(n for n in arrays if only is None or n in only)
+        metadata = self.manager.item_metadata(step)["state"]
+        where = self.directory / str(step)
+        same_layout = check_shapes(metadata, {n: arrays[n] for n in names}, where)
+        if same_layout:
+            target = _abstract({n: arrays[n] for n in names})
+            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        else:
+            log.info(
+                "%s stores its layers the other way (model.scan); converting on the host", where
+            )
+            target, restore_args = _as_numpy({n: metadata[n] for n in names})
+        items = {
+            "state": ocp.args.PyTreeRestore(
+                target, restore_args=restore_args, partial_restore=only is not None
+            )
+        }
         if only is None:
             items["data"] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         out = dict(arrays)
-        for name, pure in restored["state"].items():
+        for name in names:
+            pure = restored["state"][name]
+            if not same_layout:
+                pure = _relayout(pure, arrays[name])
             state = jax.tree.map(lambda x: x, arrays[name])
             nnx.replace_by_pure_dict(state, pure)
             out[name] = state
@@ -128,8 +145,7 @@ class Checkpointer:
 
     def load_arrays(self, step: int) -> dict:
         """The saved state of `step` as nested dicts of numpy arrays (no model, no devices)."""
-        metadata = self.manager.item_metadata(step)["state"]
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+        _, as_numpy = _as_numpy(self.manager.item_metadata(step)["state"])
         restored = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=as_numpy))
         )
@@ -143,17 +159,13 @@ class Checkpointer:
         self.manager.close()
 
 
-def check_shapes(metadata, arrays: dict, where, *, only=None) -> None:
-    """Raises CheckpointError listing every parameter whose shape differs (or is missing)."""
-    want = {
-        _path(path): tuple(x.shape)
-        for path, x in jax.tree_util.tree_flatten_with_path(_pure(arrays))[0]
-        if only is None or path[0].key in only
-    }
-    have = {
-        _path(path): tuple(getattr(x, "shape", ()))
-        for path, x in jax.tree_util.tree_flatten_with_path(dict(metadata))[0]
-    }
+def check_shapes(metadata, arrays: dict, where) -> bool:
+    """Raises CheckpointError listing every array of `arrays` whose shape per layer differs
+    from the checkpoint's (or is missing there). Returns whether the checkpoint also stores the
+    layers the same way (stacked, or one array per layer)."""
+    target = _pure(arrays)
+    saved = {name: metadata[name] for name in target if name in metadata}
+    want, have = params.shapes(target), params.shapes(saved)
     problems = [
         f"{k}: checkpoint {have.get(k, 'missing')} vs model {v}"
         for k, v in want.items()
@@ -167,6 +179,28 @@ def check_shapes(metadata, arrays: dict, where, *, only=None) -> None:
             f"checkpoint {where} does not match the model and optimizer of this run "
             f"({len(problems)} arrays): {shown}"
         )
+    stored = {_path(p): tuple(getattr(x, "shape", ())) for p, x in _with_paths(saved)}
+    return all(stored.get(_path(p)) == tuple(x.shape) for p, x in _with_paths(target))
+
+
+def _with_paths(tree):
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def _as_numpy(metadata) -> tuple[dict, dict]:
+    """(target, restore args) that read the arrays of `metadata` as numpy arrays."""
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(metadata))
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    return target, args
+
+
+def _relayout(saved: dict, state) -> dict:
+    """`saved` (numpy, layers stored either way) as the pure dict of `state`, on its devices."""
+    target = nnx.to_pure_dict(state)
+    tree = params.unflatten(params.flatten(saved), target)
+    return jax.tree.map(
+        lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), tree, target
+    )
 
 
 def _path(path) -> str:
@@ -175,9 +209,10 @@ def _path(path) -> str:
 
 
 # Model settings that change how the model runs, not its parameters: a run may resume with
-# other values (more remat after running out of memory, XLA attention on other hardware).
+# other values (more remat after running out of memory, XLA attention and unrolled layers on a
+# GPU; `restore` converts between stacked and per-layer arrays).
 RUNTIME_MODEL_KEYS = frozenset(
-    {"model.dtype", "model.remat", "model.attention", "model.image.patch_dropout"}
+    {"model.dtype", "model.remat", "model.attention", "model.scan", "model.image.patch_dropout"}
 )
 
 

@@ -46,8 +46,8 @@ def flatten(tree: dict) -> dict[str, np.ndarray]:
 
 
 def shapes(tree: dict) -> dict[str, tuple[int, ...]]:
-    """Per-layer shapes of a nested dict of arrays or shape-dtype structs."""
-    flat = {k: tuple(v.shape) for k, v in _leaves(tree).items()}
+    """Per-layer shapes of a nested dict of arrays, shape-dtype structs or array metadata."""
+    flat = {k: tuple(getattr(v, "shape", ())) for k, v in _leaves(tree).items()}
     return _per_layer(flat, lambda shape: [shape[1:]] * shape[0])
 
 
