@@ -35,3 +35,33 @@ def test_the_command_reexecutes_itself_with_the_tunable_unless_the_user_set_one(
     assert _tunables_seen_by_the_command(base) == f"TUNABLES={expected}"
     mine = {**base, "GLIBC_TUNABLES": "glibc.malloc.check=0"}
     assert _tunables_seen_by_the_command(mine) == "TUNABLES=glibc.malloc.check=0"
+
+
+def test_cache_environment_defaults_under_the_user_cache_unless_set(tmp_path):
+    xdg = {"XDG_CACHE_HOME": str(tmp_path)}
+    assert hostenv.cache_environment(xdg) == {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "vlx" / "jax")
+    }
+    assert hostenv.cache_environment({**xdg, "JAX_COMPILATION_CACHE_DIR": "/mine"}) == {}
+    assert hostenv.cache_environment({**xdg, "JAX_COMPILATION_CACHE_DIR": ""}) == {}  # off
+
+
+def test_the_command_points_jax_at_the_compilation_cache(tmp_path):
+    """What JAX itself reads in a `vlx` process, with and without the user's own setting."""
+    code = (
+        "import sys\n"
+        "from vlx import cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "import jax\n"
+        "print('CACHE=' + str(jax.config.jax_compilation_cache_dir))\n"
+    )
+    base = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+
+    def seen(environ: dict) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True
+        ).stdout
+        return out.strip().splitlines()[-1]
+
+    assert seen({**base, "XDG_CACHE_HOME": str(tmp_path)}) == f"CACHE={tmp_path}/vlx/jax"
+    assert seen({**base, "JAX_COMPILATION_CACHE_DIR": "/mine"}) == "CACHE=/mine"

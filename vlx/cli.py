@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+from vlx import hostenv
 from vlx.errors import ConfigError, VlxError
 
 
@@ -461,12 +462,11 @@ def _read_only_notice(record: logging.LogRecord) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
-        from vlx import hostenv
-
         env = hostenv.reexec_environment(os.environ)
         if env is not None:
             os.execve(sys.executable, sys.orig_argv, env)
         argv = sys.argv[1:]
+    os.environ.update(hostenv.cache_environment(os.environ))
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = build_parser().parse_args(rest)
