@@ -150,6 +150,11 @@ def test_scanned_checkpoints_restore_into_unrolled_layers_and_back(tmp_path):
                 np.testing.assert_array_equal(got[key], value, err_msg=key)
             shardings = nnx.to_pure_dict(state.shardings[name])
             jax.tree.map(lambda x, s: assert_sharding(x, s), restored, shardings)
+        # init_from: the model alone, the rest kept as given.
+        model_only, _ = ckpt.restore(step, state.arrays, only=("model",))
+        assert model_only["opt"] is state.arrays["opt"]
+        got = params.flatten(jax.device_get(nnx.to_pure_dict(model_only["model"])))
+        assert all(np.array_equal(got[k], v) for k, v in params.flatten(saved["model"]).items())
 
 
 def assert_sharding(x, sharding):
