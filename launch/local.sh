@@ -7,6 +7,7 @@
 #
 # Process 0 prints to the terminal; the others log to $LOG_DIR/process_<i>.log (default: a
 # fresh temporary directory). Ctrl-C stops all of them (each saves a checkpoint first).
+# Anything already in XLA_FLAGS is kept.
 set -euo pipefail
 
 processes=2
@@ -27,15 +28,16 @@ log_dir=${LOG_DIR:-$(mktemp -d)}
 mkdir -p "$log_dir"
 echo "local.sh: $processes processes x $devices CPU devices; logs of processes 1.. in $log_dir" >&2
 
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"
+export JAX_PLATFORMS=cpu
 pids=()
 trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' INT TERM
 for ((i = 0; i < processes; i++)); do
   cmd=(vlx train "$@" --coordinator "127.0.0.1:$port" --num_processes "$processes" --process_id "$i")
   if ((i == 0)); then
-    XLA_FLAGS="--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu "${cmd[@]}" &
+    "${cmd[@]}" &
   else
-    XLA_FLAGS="--xla_force_host_platform_device_count=$devices" JAX_PLATFORMS=cpu "${cmd[@]}" \
-      >"$log_dir/process_$i.log" 2>&1 &
+    "${cmd[@]}" >"$log_dir/process_$i.log" 2>&1 &
   fi
   pids+=("$!")
 done

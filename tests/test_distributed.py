@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -78,11 +79,18 @@ def test_two_processes_match_one_and_resume(tmp_path):
     ref = {r["step"]: r for r in read_jsonl(one / "metrics.jsonl") if "zs/top1" in r}[6]
     assert final["zs/num_examples"] == 60 and final["zs/top1"] == ref["zs/top1"]
 
-    # A crash after step 3's checkpoint: the last one is lost, the same command resumes.
+    # A crash after step 3's checkpoint: the last one is lost; the same run, started this time
+    # with launch/local.sh, resumes.
     shutil.rmtree(two / "checkpoints" / "6")
-    results = finish(start(two, "--config.total_steps=6"))
-    assert [c for c, _ in results] == [0, 0], results
-    assert "resuming from the checkpoint of step 3" in results[0][1]
+    logs = tmp_path / "logs"
+    cmd = ["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(free_port()), "--"]
+    cmd += ["--workdir", str(two), *DEMO, "--config.total_steps=6"]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # its `vlx`
+    env = {**os.environ, "XLA_FLAGS": cpu_flags(4), "LOG_DIR": str(logs), "PATH": path}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "resuming from the checkpoint of step 3" in done.stdout + done.stderr
+    assert (logs / "process_1.log").is_file()
     resumed = losses(two)
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
