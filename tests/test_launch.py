@@ -2,12 +2,46 @@
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.xla import cpu_flags
 from vlx import config
+from vlx.metrics import read_jsonl
+
+# Stands in for SLURM's srun on one machine: FAKE_SRUN_TASKS tasks of the command, each with the
+# variables SLURM gives a task (JAX reads them); SIGTERM is passed on to every task, as srun does.
+FAKE_SRUN = """#!/usr/bin/env bash
+[[ "${1:-}" == --kill-on-bad-exit* ]] && shift
+n=${FAKE_SRUN_TASKS:-2}
+pids=()
+trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
+for ((i = 0; i < n; i++)); do
+  SLURM_JOB_ID=$FAKE_SRUN_JOB_ID SLURM_STEP_NODELIST=localhost SLURM_NTASKS=$n \\
+    SLURM_PROCID=$i SLURM_LOCALID=$i "$@" &
+  pids+=("$!")
+done
+status=0
+for pid in "${pids[@]}"; do
+  while true; do
+    wait "$pid"; rc=$?
+    if ((rc > 128)) && kill -0 "$pid" 2>/dev/null; then continue; fi
+    break
+  done
+  ((rc != 0)) && status=$rc
+done
+exit "$status"
+"""
+
+
+def with_vlx_on_path(environ: dict, *dirs: Path) -> dict:
+    """`environ` with this interpreter's `vlx` (and `dirs`) first on PATH."""
+    path = os.pathsep.join([*map(str, dirs), str(Path(sys.executable).parent), environ["PATH"]])
+    return {**environ, "PATH": path}
 
 
 def test_gpu_host_script_runs_with_its_xla_flags_and_unrolled_layers(tmp_path):
@@ -16,8 +50,7 @@ def test_gpu_host_script_runs_with_its_xla_flags_and_unrolled_layers(tmp_path):
     workdir = tmp_path / "run"
     cmd = ["bash", "launch/gpu_host.sh", "--config", "configs/demo.py", "--workdir", str(workdir)]
     cmd += ["--config.total_steps=2", "--config.batch_size=16", "--config.evals={}"]
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # its `vlx`
-    env = {**os.environ, "XLA_FLAGS": cpu_flags(1), "PATH": path}
+    env = with_vlx_on_path({**os.environ, "XLA_FLAGS": cpu_flags(1)})
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished 2 steps" in done.stdout
@@ -26,3 +59,37 @@ def test_gpu_host_script_runs_with_its_xla_flags_and_unrolled_layers(tmp_path):
     assert config.load(
         "configs/demo.py", ["--config.model.scan=false", "--config.model.scan=true"]
     ).model.scan
+
+
+def test_slurm_script_runs_every_task_and_passes_sigterm_on(tmp_path):
+    """Two tasks under a stand-in srun: JAX joins them from SLURM's variables (one 8-device
+    mesh), and SIGTERM to the batch script, as `--signal=B:TERM@300` sends before the time
+    limit, stops both at the same step with a checkpoint and exit status 0."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    env = with_vlx_on_path({**os.environ, "XLA_FLAGS": cpu_flags(4)}, bin_dir)
+    env["FAKE_SRUN_JOB_ID"] = str(random.randrange(1 << 20))  # picks the coordinator's port
+    workdir = tmp_path / "run"
+    cmd = ["bash", "launch/slurm.sbatch", "--config", "configs/demo.py", "--workdir", str(workdir)]
+    cmd += ["--config.total_steps=500", "--config.log_every=1", "--config.evals={}"]
+    job = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and job.poll() is None:
+        records = (
+            read_jsonl(workdir / "metrics.jsonl") if (workdir / "metrics.jsonl").exists() else []
+        )
+        if any(r.get("step", 0) >= 2 for r in records):
+            break
+        time.sleep(0.5)
+    job.send_signal(signal.SIGTERM)
+    out, _ = job.communicate(timeout=180)
+    assert job.returncode == 0, out[-3000:]
+    assert "mesh {'data': 8" in out
+    stopped = [line for line in out.splitlines() if "stopped at step" in line]
+    assert len(stopped) == 2, out[-3000:]  # both tasks, at the same step
+    steps = {line.split("stopped at step ")[1].split(";")[0] for line in stopped}
+    assert len(steps) == 1 and (workdir / "checkpoints" / steps.pop()).is_dir()
