@@ -26,8 +26,18 @@ ssh_all() {
 }
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-archive=$(mktemp -d)/vlx.tar.gz
-tar -C "$root" --exclude=.git --exclude=runs -czf "$archive" .
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+archive=$tmp/vlx.tar.gz
+# The working tree as git sees it: tracked and new files, not ignored ones (a .venv/ of several
+# GB, runs/, caches); without git, everything but those.
+if git -C "$root" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git -C "$root" ls-files -z --cached --others --exclude-standard |
+    tar -C "$root" --null --ignore-failed-read -T - -czf "$archive"
+else
+  tar -C "$root" --exclude=.git --exclude=.venv --exclude=runs --exclude=__pycache__ \
+    -czf "$archive" .
+fi
 gcloud compute tpus tpu-vm scp "$archive" "$tpu:~/vlx.tar.gz" --zone "$zone" \
   "${project_args[@]}" --worker=all
 ssh_all 'mkdir -p ~/vlx && tar -C ~/vlx -xzf ~/vlx.tar.gz &&

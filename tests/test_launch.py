@@ -38,6 +38,31 @@ exit "$status"
 """
 
 
+# Stands in for `gcloud compute tpus tpu-vm {scp,ssh}` with one TPU worker whose home directory
+# is $FAKE_TPU_HOME. The install step unpacks the archive as the script asks, then links this
+# interpreter's `vlx` where the worker's virtualenv would have it (no download); every other
+# command runs as the script wrote it.
+FAKE_GCLOUD = """#!/usr/bin/env bash
+set -euo pipefail
+printf '%s\\n' "$*" >>"$FAKE_TPU_HOME/gcloud.log"
+verb=$4
+shift 4
+if [[ $verb == scp ]]; then
+  cp "$1" "$FAKE_TPU_HOME/${2#*:~/}"
+  exit 0
+fi
+while [[ $1 != --command ]]; do shift; done
+command=$2
+cd "$FAKE_TPU_HOME"
+if [[ $command == *"pip install"* ]]; then
+  HOME=$FAKE_TPU_HOME bash -c 'mkdir -p ~/vlx && tar -C ~/vlx -xzf ~/vlx.tar.gz'
+  mkdir -p vlx-venv/bin && ln -sf "$FAKE_TPU_VLX" vlx-venv/bin/vlx
+else
+  HOME=$FAKE_TPU_HOME bash -c "$command"
+fi
+"""
+
+
 def with_vlx_on_path(environ: dict, *dirs: Path) -> dict:
     """`environ` with this interpreter's `vlx` (and `dirs`) first on PATH."""
     path = os.pathsep.join([*map(str, dirs), str(Path(sys.executable).parent), environ["PATH"]])
@@ -93,3 +118,30 @@ def test_slurm_script_runs_every_task_and_passes_sigterm_on(tmp_path):
     assert len(stopped) == 2, out[-3000:]  # both tasks, at the same step
     steps = {line.split("stopped at step ")[1].split(";")[0] for line in stopped}
     assert len(steps) == 1 and (workdir / "checkpoints" / steps.pop()).is_dir()
+
+
+def test_tpu_pod_script_ships_the_working_tree_and_quotes_the_command(tmp_path):
+    """Through a stand-in gcloud with one worker: the archive holds the project but nothing git
+    ignores (this checkout's __pycache__/), and an override with spaces and quotes arrives
+    intact (the evaluator it adds runs on 60 examples)."""
+    bin_dir, home = tmp_path / "bin", tmp_path / "worker"
+    bin_dir.mkdir()
+    home.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    env = with_vlx_on_path({**os.environ, "XLA_FLAGS": cpu_flags(1)}, bin_dir)
+    env.update(FAKE_TPU_HOME=str(home), FAKE_TPU_VLX=str(Path(sys.executable).parent / "vlx"))
+    workdir = tmp_path / "run"
+    cmd = ["bash", "launch/tpu_pod.sh", "my-tpu", "us-west4-a", "--", "--config", "configs/demo.py"]
+    cmd += ["--workdir", str(workdir), "--config.total_steps=2", "--config.batch_size=16"]
+    cmd += ["--config.evals={'zs': {'type': 'zeroshot', 'num_examples': 60, 'every_steps': 0}}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shipped = subprocess.run(
+        ["tar", "-tzf", str(home / "vlx.tar.gz")], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {"pyproject.toml", "vlx/cli.py", "configs/demo.py", "launch/tpu_pod.sh"} <= set(shipped)
+    assert not [name for name in shipped if "__pycache__" in name or name.startswith(".git/")]
+    assert "--worker=all" in (home / "gcloud.log").read_text()
+    final = [r for r in read_jsonl(workdir / "metrics.jsonl") if "zs/top1" in r]
+    assert [(r["step"], r["zs/num_examples"]) for r in final] == [(2, 60)]
