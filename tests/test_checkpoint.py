@@ -131,30 +131,37 @@ def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
 def test_scanned_checkpoints_restore_into_unrolled_layers_and_back(tmp_path):
     """`model.scan` stacks each encoder weight over layers; a checkpoint restores either way,
     model and optimizer state, value for value, into the new model's shardings."""
-    train.train(config(total_steps=2), tmp_path / "scanned")
-    train.train(config(total_steps=2, model=dict(scan=False)), tmp_path / "unrolled")
-    for run, scan in (("scanned", False), ("unrolled", True)):
-        ckpt, step = checkpoint.find(tmp_path / run)
-        saved = ckpt.load_arrays(step)
-        cfg = config(model=dict(scan=scan))
-        mesh = parallel.make_mesh(cfg.mesh)
-        state = train.create_state(cfg, mesh, eos_id=1, tx=optim.make(cfg.optim, 8)[0])
-        arrays, data = ckpt.restore(step, state.arrays)
-        assert data["counts"]["skipped"] == 0
+
+    def state(scan: bool, seed: int):
+        cfg = config(seed=seed, model=dict(scan=scan))
+        tx = optim.make(cfg.optim, cfg.total_steps)[0]
+        return cfg, train.create_state(cfg, parallel.make_mesh(cfg.mesh), eos_id=1, tx=tx)
+
+    for scan in (True, False):
+        cfg, written = state(scan, seed=1)
+        arrays = jax.tree.map(lambda x: x + 1, written.arrays)  # optimizer moments not all 0
+        ckpt = checkpoint.Checkpointer(tmp_path / f"scan_{scan}", cfg.checkpoint)
+        ckpt.save(5, arrays, {"counts": {"skipped": 0}}, cfg)
+        ckpt.wait()
+        saved = {k: params.flatten(jax.device_get(nnx.to_pure_dict(v))) for k, v in arrays.items()}
+
+        _, target = state(not scan, seed=0)
+        restored, data = ckpt.restore(5, target.arrays)
+        assert data == {"counts": {"skipped": 0}}
         for name in ("model", "opt"):
-            restored = nnx.to_pure_dict(arrays[name])
-            want = params.flatten(saved[name])
-            got = params.flatten(jax.device_get(restored))
-            assert got.keys() == want.keys() and any(".blocks.1." in k for k in got)
-            for key, value in want.items():
+            pure = nnx.to_pure_dict(restored[name])
+            got = params.flatten(jax.device_get(pure))
+            assert got.keys() == saved[name].keys() and any(".blocks.1." in k for k in got)
+            for key, value in saved[name].items():
                 np.testing.assert_array_equal(got[key], value, err_msg=key)
-            shardings = nnx.to_pure_dict(state.shardings[name])
-            jax.tree.map(lambda x, s: assert_sharding(x, s), restored, shardings)
+            shardings = nnx.to_pure_dict(target.shardings[name])
+            jax.tree.map(lambda x, s: assert_sharding(x, s), pure, shardings)
         # init_from: the model alone, the rest kept as given.
-        model_only, _ = ckpt.restore(step, state.arrays, only=("model",))
-        assert model_only["opt"] is state.arrays["opt"]
+        model_only, _ = ckpt.restore(5, target.arrays, only=("model",))
+        assert model_only["opt"] is target.arrays["opt"]
         got = params.flatten(jax.device_get(nnx.to_pure_dict(model_only["model"])))
-        assert all(np.array_equal(got[k], v) for k, v in params.flatten(saved["model"]).items())
+        assert all(np.array_equal(got[k], v) for k, v in saved["model"].items())
+        ckpt.close()
 
 
 def assert_sharding(x, sharding):
