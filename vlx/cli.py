@@ -454,10 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Orbax warns whenever a checkpoint directory is opened read-only, which vlx does on purpose
+# to resume, evaluate or export.
+_READ_ONLY_NOTICES = ("Given directory is read only", "CheckpointManagerOptions.read_only=True")
+
+
 def _read_only_notice(record: logging.LogRecord) -> bool:
-    """False for Orbax's warning that a checkpoint directory is opened read-only, which `vlx
-    eval` and `vlx export` do on purpose."""
-    return not record.getMessage().startswith("Given directory is read only")
+    return not record.getMessage().startswith(_READ_ONLY_NOTICES)
 
 
 def main(argv: list[str] | None = None) -> int:
