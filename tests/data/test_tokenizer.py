@@ -20,3 +20,31 @@ def test_missing_tokenizer_is_a_clear_error(tmp_path):
 
     with pytest.raises(ConfigError, match="data.tokenizer=.*cannot load a tokenizer"):
         tokenizer.load(str(tmp_path / "missing"), context_length=8)
+
+
+def test_own_tokenizers_load_without_pytorch(tmp_path):
+    """A saved plain `tokenizers` tokenizer (the demo's, or one `vlx data build` trained) skips
+    AutoTokenizer, whose config machinery imports PyTorch when installed; others still go
+    through it."""
+    import json
+    import subprocess
+    import sys
+
+    tokenizer.load("demo", context_length=8).save(tmp_path / "tok")
+    code = (
+        "import sys\n"
+        "from vlx.data import tokenizer\n"
+        f"tok = tokenizer.load({str(tmp_path / 'tok')!r}, context_length=8)\n"
+        "print(type(tok.hf).__name__, tok(['a red circle'])[0].tolist(), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    demo_ids = tokenizer.load("demo", context_length=8)(["a red circle"])[0].tolist()
+    assert out.stdout.split(" ", 1)[1].strip() == f"{demo_ids} False"
+
+    config = tmp_path / "tok" / "tokenizer_config.json"
+    assert tokenizer._plain(str(tmp_path / "tok"))
+    config.write_text(
+        json.dumps({**json.loads(config.read_text()), "tokenizer_class": "CLIPTokenizer"})
+    )
+    assert not tokenizer._plain(str(tmp_path / "tok"))
+    assert not tokenizer._plain(str(tmp_path / "missing"))

@@ -9,6 +9,7 @@ makes it "sticky" for `last` pooling).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +93,20 @@ def train_bpe(texts: list[str], vocab_size: int) -> transformers.PreTrainedToken
     )
 
 
+# The class names transformers writes for a plain `tokenizers` tokenizer (vlx's own: the demo's
+# and those `vlx data build` trains). They load without AutoTokenizer, whose config machinery
+# imports PyTorch when it is installed (3 s, for nothing).
+_PLAIN = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def load(name: str, context_length: int) -> Tokenizer:
     if name == "demo":
         return Tokenizer(demo_tokenizer(), context_length)
     try:
-        hf = transformers.AutoTokenizer.from_pretrained(name)
+        loader = (
+            transformers.PreTrainedTokenizerFast if _plain(name) else transformers.AutoTokenizer
+        )
+        hf = loader.from_pretrained(name)
     except (OSError, ValueError) as e:
         where = "directory" if Path(name).exists() else "name (nothing is downloaded at run time)"
         raise ConfigError(
@@ -104,3 +114,14 @@ def load(name: str, context_length: int) -> Tokenizer:
             f"{str(e).splitlines()[0]}"
         ) from None
     return Tokenizer(hf, context_length)
+
+
+def _plain(name: str) -> bool:
+    """Whether `name` is a directory holding a plain `tokenizers` tokenizer."""
+    config = Path(name) / "tokenizer_config.json"
+    if not (config.is_file() and (Path(name) / "tokenizer.json").is_file()):
+        return False
+    try:
+        return json.loads(config.read_text()).get("tokenizer_class") in _PLAIN
+    except (OSError, ValueError):
+        return False
