@@ -101,7 +101,7 @@ def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
     tmp_path, monkeypatch
 ):
     run = tmp_path / "run"
-    train.train(config(total_steps=3), run)
+    finished = train.train(config(total_steps=3), run)
     saved = (run / "config.json").read_text()
     build_model = train.create_state
 
@@ -109,6 +109,9 @@ def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
         raise AssertionError("the model was built before the checkpoint was checked")
 
     monkeypatch.setattr(train, "create_state", no_model)
+    # The same command once more: the finished run's summary, nothing rebuilt or overwritten.
+    assert train.train(config(total_steps=3), run) == finished
+    assert json.loads((run / "summary.json").read_text()) == finished and "train/loss" in finished
     other = config(total_steps=6, model=dict(embed_dim=8, image=dict(depth=1)))
     with pytest.raises(CheckpointError) as e:
         train.train(other, run)

@@ -226,6 +226,9 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     )
     eval_sources = evals.open_sources(cfg)
     start_from = find_start(cfg, workdir)
+    if start_from.resume and start_from.step >= cfg.total_steps:
+        log.info("the run in %s has already reached step %d", workdir, start_from.step)
+        return finished_summary(workdir, start_from.step)
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
@@ -327,6 +330,12 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     if jax.process_index() == 0:
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def finished_summary(workdir: Path, step: int) -> dict:
+    """The summary a finished run wrote (its last metrics), kept as it is."""
+    path = workdir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else {"step": step}
 
 
 def stop_agreed(stop, step: int, every: int) -> bool:
