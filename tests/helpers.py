@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.xla import cpu_flags
 from vlx import cli, config
@@ -44,3 +45,18 @@ def run_vlx(
     env = {**os.environ, "XLA_FLAGS": cpu_flags(devices, optimize=optimize)}
     cmd = [sys.executable, "-m", "vlx.cli", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def never(what: str):
+    """A stand-in for a function that must not run (yet): calling it fails the test."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError(what)
+
+    return fail
+
+
+def with_vlx_on_path(environ: dict, *dirs: Path) -> dict:
+    """`environ` with `dirs`, then this interpreter's `vlx`, first on PATH (for shell scripts)."""
+    path = os.pathsep.join([*map(str, dirs), str(Path(sys.executable).parent), environ["PATH"]])
+    return {**environ, "PATH": path}

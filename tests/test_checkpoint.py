@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.helpers import tiny_config
+from tests.helpers import never, tiny_config
 from tests.xla import cpu_flags
 from vlx import checkpoint, optim, parallel, train
 from vlx import config as vlx_config
@@ -104,11 +104,7 @@ def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
     finished = train.train(config(total_steps=3), run)
     saved = (run / "config.json").read_text()
     build_model = train.create_state
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("the model was built before the checkpoint was checked")
-
-    monkeypatch.setattr(train, "create_state", no_model)
+    monkeypatch.setattr(train, "create_state", never("built before the checkpoint was checked"))
     # The same command once more: the finished run's summary, nothing rebuilt or overwritten.
     assert train.train(config(total_steps=3), run) == finished
     assert json.loads((run / "summary.json").read_text()) == finished and "train/loss" in finished

@@ -7,10 +7,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import with_vlx_on_path
 from tests.xla import cpu_flags
 from vlx.metrics import read_jsonl
 
@@ -85,8 +85,7 @@ def test_two_processes_match_one_and_resume(tmp_path):
     logs = tmp_path / "logs"
     cmd = ["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(free_port()), "--"]
     cmd += ["--workdir", str(two), *DEMO, "--config.total_steps=6"]
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # its `vlx`
-    env = {**os.environ, "XLA_FLAGS": cpu_flags(4), "LOG_DIR": str(logs), "PATH": path}
+    env = with_vlx_on_path({**os.environ, "XLA_FLAGS": cpu_flags(4), "LOG_DIR": str(logs)})
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "resuming from the checkpoint of step 3" in done.stdout + done.stderr

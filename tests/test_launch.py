@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.helpers import with_vlx_on_path
 from tests.xla import cpu_flags
 from vlx import config
 from vlx.metrics import read_jsonl
@@ -61,12 +62,6 @@ else
   HOME=$FAKE_TPU_HOME bash -c "$command"
 fi
 """
-
-
-def with_vlx_on_path(environ: dict, *dirs: Path) -> dict:
-    """`environ` with this interpreter's `vlx` (and `dirs`) first on PATH."""
-    path = os.pathsep.join([*map(str, dirs), str(Path(sys.executable).parent), environ["PATH"]])
-    return {**environ, "PATH": path}
 
 
 def test_gpu_host_script_runs_with_its_xla_flags_and_unrolled_layers(tmp_path):

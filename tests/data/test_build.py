@@ -3,7 +3,7 @@ import json
 import pytest
 
 from tests.data import fixtures
-from tests.helpers import cli_train
+from tests.helpers import cli_train, never
 from vlx import cli, train
 from vlx.data import build, records
 from vlx.errors import DataError
@@ -111,10 +111,9 @@ def test_not_a_dataset_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     """Training and evaluation data both, before the model is built and compiled (minutes for
     a large one), not at the first evaluation (hours into a run)."""
 
-    def build_model(*args, **kwargs):
-        raise AssertionError("the model was built before the data was opened")
-
-    monkeypatch.setattr(train, "create_state", build_model)
+    monkeypatch.setattr(
+        train, "create_state", never("the model was built before the data was opened")
+    )
     (tmp_path / "empty").mkdir()
     nope = tmp_path / "nope"
     for override, message in [

@@ -2,7 +2,8 @@
 
 import logging
 
-from tests.export.helpers import restored_too_soon, trained
+from tests.export.helpers import trained
+from tests.helpers import never
 from vlx import cli, train
 
 
@@ -10,7 +11,7 @@ def test_a_wrong_eval_dataset_fails_before_the_model_is_restored(
     tmp_path, capsys, caplog, monkeypatch
 ):
     workdir = trained(tmp_path, "clip_gelu")
-    monkeypatch.setattr(train, "load_trained", restored_too_soon)
+    monkeypatch.setattr(train, "load_trained", never("restored before the data was checked"))
     caplog.set_level(logging.WARNING)
     nope = tmp_path / "nope"
     spec = f"{{'zs': {{'type': 'zeroshot', 'dataset': 'arrayrecord:{nope}'}}}}"

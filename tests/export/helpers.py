@@ -61,11 +61,6 @@ def trained(tmp_path, style: str) -> str:
     return str(workdir)
 
 
-def restored_too_soon(*args, **kwargs):
-    """Stands in for `train.load_trained` where a check must fail before any model is built."""
-    raise AssertionError("the model was restored before the check that should have failed")
-
-
 def images(n: int = 3) -> list[Image.Image]:
     rng = np.random.default_rng(0)
     return [Image.fromarray(rng.integers(0, 256, (20 + 7 * i, 25, 3), np.uint8)) for i in range(n)]

@@ -7,7 +7,8 @@ import pytest
 import torch
 import transformers
 
-from tests.export.helpers import CAPTIONS, images, restored_too_soon, trained, vlx_outputs
+from tests.export.helpers import CAPTIONS, images, trained, vlx_outputs
+from tests.helpers import never
 from vlx import cli, config, train
 from vlx.errors import ExportError
 from vlx.export import hf
@@ -55,7 +56,7 @@ def test_hf_export_matches_vlx(tmp_path, style):
 
 def test_hf_refuses_what_it_cannot_hold_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     workdir = trained(tmp_path, "clip_gelu")
-    monkeypatch.setattr(train, "load_trained", restored_too_soon)
+    monkeypatch.setattr(train, "load_trained", never("restored before the format was checked"))
     path = tmp_path / "clip_gelu" / "config.json"
     saved = json.loads(path.read_text())
     saved["model"]["image"]["pool"] = "gap"  # average pooling: no parameters change

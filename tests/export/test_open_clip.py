@@ -5,7 +5,8 @@ import open_clip
 import pytest
 import torch
 
-from tests.export.helpers import CAPTIONS, images, restored_too_soon, trained, vlx_outputs
+from tests.export.helpers import CAPTIONS, images, trained, vlx_outputs
+from tests.helpers import never
 from vlx import cli, train
 
 
@@ -35,7 +36,7 @@ def test_open_clip_export_matches_vlx(tmp_path, style):
 
 def test_open_clip_refuses_siglip(tmp_path, capsys, monkeypatch):
     workdir = trained(tmp_path, "siglip")
-    monkeypatch.setattr(train, "load_trained", restored_too_soon)
+    monkeypatch.setattr(train, "load_trained", never("restored before the format was checked"))
     out = tmp_path / "oc"
     args = ["export", "--workdir", workdir, "--format", "open_clip", "--out", str(out)]
     assert cli.main(args) == 2
