@@ -441,7 +441,6 @@ class SavedRun:
     checkpoint step that exists. Cheap: nothing is built or restored until `load_trained`, so
     callers check what they need (evaluation data, an export format) first."""
 
-    workdir: Path
     cfg: object
     step: int
     tokenizer: tokenizer_lib.Tokenizer
@@ -466,7 +465,7 @@ def open_run(workdir: str | Path, step: int | None = None, overrides=()) -> Save
             f"available: {sorted(ckpt.manager.all_steps())}"
         )
     tok = tokenizer_lib.load(str(workdir / "tokenizer"), cfg.model.text.context_length)
-    return SavedRun(workdir, cfg, step, tok, ckpt)
+    return SavedRun(cfg, step, tok, ckpt)
 
 
 def load_trained(run: SavedRun) -> Trained:
