@@ -32,6 +32,9 @@ def test_flops_match_published_counts():
     step = flops.train_step(b16, 256)
     assert step["loss"] == 3 * 2 * 256 * 256 * 512
     assert step["total"] == 3 * 256 * (41_086_447_616 - image_saved - text_saved) + step["loss"]
+    lit = flops.train_step(b16, 256, frozen=("image",))  # a frozen tower runs forward only
+    assert lit["image"] == step["image"] / 3
+    assert (lit["text"], lit["loss"]) == (step["text"], step["loss"])
 
 
 def test_device_peaks():
@@ -54,6 +57,14 @@ def test_bench_prints_one_json_line_and_writes_a_profile(capsys, tmp_path):
     assert result["gflops_per_step"] > 0 and result["compile_s"] > 0
     assert result["host_cpu"] == bench.host_cpu()
     assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
+    assert result["trained_params"] == result["params"]
+
+    assert cli.main([*args, "--config.batch_size=32", "--config.optim.freeze=image.*"]) == 0
+    lit = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert lit["params"] == result["params"] > lit["trained_params"]
+    parts, lit_parts = result["gflops_per_step_parts"], lit["gflops_per_step_parts"]
+    assert lit_parts["image"] == pytest.approx(parts["image"] / 3, abs=0.1)
+    assert lit_parts["text"] == parts["text"]
 
 
 def test_host_cpu_names_the_model_the_usable_cores_and_the_widest_vector_unit(tmp_path):

@@ -96,6 +96,25 @@ def test_init_from_loads_weights_only_and_starts_at_step_zero(tmp_path):
     with pytest.raises(CheckpointError, match=r"does not match the model and optimizer .*proj"):
         train.train(mismatched, tmp_path / "ft2")
 
+    # LiT: the image tower frozen (`optim.freeze`). It stays as loaded, bit for bit, through a
+    # resume; only what is trained has optimizer state; resuming with another freeze is
+    # refused (the optimizer state would not fit).
+    lit, run = dict(init_from=str(tmp_path / "pre"), optim=dict(freeze="image.*")), tmp_path / "lit"
+    train.train(config(total_steps=3, **lit), run)
+    other = config(total_steps=6, init_from=str(tmp_path / "pre"))
+    with pytest.raises(CheckpointError, match="optim.freeze: checkpoint 'image.*' vs config ''"):
+        train.train(other, run)
+    assert train.train(config(total_steps=5, **lit), run)["step"] == 5
+    step, after = final_params(run)
+    jax.tree.map(np.testing.assert_array_equal, after["image"], pre["image"])
+    assert not np.allclose(after["text"]["proj"]["kernel"], pre["text"]["proj"]["kernel"])
+    assert after["logit_scale"] != pre["logit_scale"]
+    moments = checkpoint.find(run)[0].load_arrays(step)["opt"]["opt_state"]["1"]["0"]["mu"]
+    assert sorted(moments) == ["logit_scale", "text"]
+    first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    image = sum(x.size for x in jax.tree.leaves(pre["image"]))
+    assert first["train/num_params"] - first["train/num_trained_params"] == image
+
 
 def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
     tmp_path, monkeypatch

@@ -16,6 +16,10 @@ def test_recipe_configs_load():
     for name in ("demo", "clip_vit_b32", "clip_vit_b16", "siglip_b16"):
         cfg = config.load(f"configs/{name}.py")
         assert cfg.model.image.variant
+    lit = config.load("configs/lit.py:open_clip:/models/vit-b-16")
+    assert lit.init_from == "open_clip:/models/vit-b-16#image" and lit.optim.freeze == "image.*"
+    with pytest.raises(ConfigError, match="^configs/lit.py: name the image tower's weights"):
+        config.load("configs/lit.py")
 
 
 def test_config_argument_may_be_a_path(tmp_path):

@@ -94,7 +94,6 @@ def _vlx_step(cfg, *, block: bool):
     step_fn = step_fn.lower(state.arrays, train.abstract_batch(cfg, mesh)).compile()
     compile_s = time.perf_counter() - t0
     batch = _synthetic_batch(cfg, mesh, eos)
-    params = jax.tree.leaves(nnx.state(state.arrays["model"], nnx.Param))
     carry = {"arrays": state.arrays}
 
     def step():
@@ -103,7 +102,15 @@ def _vlx_step(cfg, *, block: bool):
             jax.block_until_ready((carry["arrays"], metrics))
         return metrics
 
-    info = {"mesh": mesh, "compile_s": compile_s, "params": sum(x.size for x in params)}
+    model = state.arrays["model"]
+    trained = nnx.to_pure_dict(nnx.state(model, state.trainable))
+    info = {
+        "mesh": mesh,
+        "compile_s": compile_s,
+        "params": train.count_params(model, nnx.Param),
+        "trained_params": train.count_params(model, state.trainable),
+        "frozen_towers": tuple(t for t in ("image", "text") if not jax.tree.leaves(trained.get(t))),
+    }
     return step, info
 
 
@@ -146,7 +153,7 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
     devices = info["mesh"].size
     kind = jax.devices()[0].device_kind
     dtype = cfg.model.dtype
-    step_flops = flops.train_step(cfg.model, cfg.batch_size)
+    step_flops = flops.train_step(cfg.model, cfg.batch_size, frozen=info["frozen_towers"])
     achieved = step_flops["total"] / step_s / devices
     peak, peak_source = flops.device_peak(kind, dtype), "table"
     if peak is None and jax.default_backend() == "cpu":
@@ -162,6 +169,7 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
         "dtype": dtype,
         "batch_size": cfg.batch_size,
         "params": info["params"],
+        "trained_params": info["trained_params"],
         "compile_s": round(info["compile_s"], 2),
         "step_s": round(step_s, 4),
         "images_per_s": round(cfg.batch_size / step_s, 1),

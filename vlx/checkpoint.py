@@ -217,8 +217,9 @@ RUNTIME_MODEL_KEYS = frozenset(
 
 
 def model_config_differences(saved, current) -> list[str]:
-    """'model.x: checkpoint A vs config B' for every model setting that differs, except
-    `RUNTIME_MODEL_KEYS`."""
+    """'model.x: checkpoint A vs config B' for every setting of the saved arrays that differs:
+    the model's, except `RUNTIME_MODEL_KEYS`, and `optim.freeze` (which parameters have
+    optimizer state)."""
 
     def flat(node, prefix="model"):
         out = {}
@@ -229,7 +230,10 @@ def model_config_differences(saved, current) -> list[str]:
                 out[f"{prefix}.{key}"] = value
         return out
 
-    a, b = flat(saved.model.to_dict()), flat(current.model.to_dict())
+    def settings(cfg) -> dict:
+        return {**flat(cfg.model.to_dict()), "optim.freeze": cfg.optim.get("freeze", "")}
+
+    a, b = settings(saved), settings(current)
     return [
         f"{k}: checkpoint {a.get(k)!r} vs config {b.get(k)!r}"
         for k in sorted(set(a) | set(b))

@@ -13,6 +13,7 @@ import ast
 import difflib
 import importlib.util
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,9 @@ def defaults() -> ml_collections.ConfigDict:
         eps=1e-6,
         weight_decay=0.2,
         grad_clip=1.0,
+        # Parameters never trained: a regular expression over their per-layer names, e.g.
+        # "image.*" to lock the image tower (LiT). No gradient, no optimizer state for them.
+        freeze="",
     )
 
     c.data = dict(
@@ -202,7 +206,10 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> ml_collections.Conf
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config(); a vlx config returns a ConfigDict")
-    user = module.get_config(arg) if arg is not None else module.get_config()
+    try:
+        user = module.get_config(arg) if arg is not None else module.get_config()
+    except ValueError as e:  # a recipe refusing its argument
+        raise ConfigError(f"{path}: {e}") from e
     cfg = defaults()
     merge(cfg, user, where=path)
     for item in overrides:
@@ -390,6 +397,12 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"microbatches={cfg.microbatches} does not divide batch_size={cfg.batch_size}"
         )
+    try:
+        re.compile(cfg.optim.freeze)
+    except re.error as e:
+        raise ConfigError(
+            f"optim.freeze={cfg.optim.freeze!r} is not a regular expression: {e}"
+        ) from e
     if cfg.loss.impl == "ring" and cfg.loss.type != "sigmoid":
         raise ConfigError("loss.impl='ring' exists for loss.type='sigmoid' only")
     for name, e in cfg.evals.items():

@@ -65,10 +65,12 @@ def text_forward(model_cfg, *, executed: bool = True) -> int:
     return flops
 
 
-def train_step(model_cfg, batch_size: int) -> dict[str, int]:
-    """FLOPs of one training step at global `batch_size`: towers and the B x B logits, x3."""
-    image = 3 * batch_size * image_forward(model_cfg, train=True)
-    text = 3 * batch_size * text_forward(model_cfg)
+def train_step(model_cfg, batch_size: int, frozen: tuple[str, ...] = ()) -> dict[str, int]:
+    """FLOPs of one training step at global `batch_size`: towers and the B x B logits, x3; a
+    tower in `frozen` (every parameter frozen, `optim.freeze`) runs forward only, x1. A partly
+    frozen tower counts as trained."""
+    image = (1 if "image" in frozen else 3) * batch_size * image_forward(model_cfg, train=True)
+    text = (1 if "text" in frozen else 3) * batch_size * text_forward(model_cfg)
     loss = 3 * 2 * batch_size * batch_size * model_cfg.embed_dim
     return {"image": image, "text": text, "loss": loss, "total": image + text + loss}
 

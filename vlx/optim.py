@@ -1,9 +1,16 @@
-"""AdamW with global-norm clipping, warmup + cosine (or constant) schedule, kernel-only decay."""
+"""AdamW with global-norm clipping, warmup + cosine (or constant) schedule, kernel-only decay,
+and the parameters it leaves alone (`optim.freeze`)."""
 
 from __future__ import annotations
 
+import re
+
 import jax
 import optax
+from flax import nnx
+
+from vlx.errors import ConfigError
+from vlx.export.params import layer_keys
 
 
 def schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -46,3 +53,40 @@ def make(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, opt
     if optim_cfg.grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
     return tx, lr
+
+
+def frozen_paths(pattern: str, params: nnx.State) -> frozenset[tuple]:
+    """The paths of the parameter arrays that `optim.freeze` names: those whose names, dotted
+    and one per layer as in exports and checkpoint errors (`image.encoder.blocks.3.mlp.fc1.
+    kernel`), the regular expression matches in full. A scanned encoder stores its layers as
+    one array, so the pattern must take all of its layers or none."""
+    if not pattern:
+        return frozenset()
+    regex = re.compile(pattern)
+    frozen, flat = [], list(nnx.to_flat_state(params))
+    for path, variable in flat:
+        key = ".".join(map(str, path))
+        hits = [regex.fullmatch(k) is not None for k in layer_keys(key, variable.shape)]
+        if all(hits):
+            frozen.append(path)
+        elif any(hits):
+            raise ConfigError(
+                f"optim.freeze={pattern!r} takes some layers of {key} but not all; with "
+                "model.scan=true an encoder's layers are one array: freeze all of them, or set "
+                "model.scan=false"
+            )
+    if not frozen:
+        raise ConfigError(
+            f"optim.freeze={pattern!r} matches no parameter; names look like "
+            "image.encoder.blocks.0.mlp.fc1.kernel, text.proj.kernel, logit_scale ('image.*' "
+            "freezes the image tower)"
+        )
+    if len(frozen) == len(flat):
+        raise ConfigError(f"optim.freeze={pattern!r} freezes every parameter; nothing would train")
+    return frozenset(frozen)
+
+
+def trainable(frozen: frozenset[tuple]) -> nnx.filterlib.Filter:
+    """The NNX filter of what is trained: every parameter but the `frozen` paths. Gradients
+    are taken and optimizer state is kept only for these."""
+    return nnx.All(nnx.Param, nnx.Not(nnx.filterlib.PathIn(*frozen))) if frozen else nnx.Param

@@ -38,6 +38,7 @@ class TrainState:
     graphdefs: dict[str, nnx.GraphDef]
     arrays: dict[str, nnx.State]  # {'model': ..., 'opt': ...}
     shardings: dict[str, nnx.State]
+    trainable: nnx.filterlib.Filter = nnx.Param  # what the optimizer updates (`optim.freeze`)
 
 
 def create_state(
@@ -51,7 +52,8 @@ def create_state(
         model = TwoTower(cfg.model, eos_id=eos_id, rngs=nnx.Rngs(params=cfg.seed))
         if tx is None:
             return {"model": model}
-        return {"model": model, "opt": nnx.Optimizer(model, tx, wrt=nnx.Param)}
+        frozen = optim.frozen_paths(cfg.optim.freeze, nnx.state(model, nnx.Param))
+        return {"model": model, "opt": nnx.Optimizer(model, tx, wrt=optim.trainable(frozen))}
 
     def init():
         return {name: nnx.state(obj) for name, obj in create().items()}
@@ -63,7 +65,9 @@ def create_state(
             graphdefs[name], abstract_state = nnx.split(obj)
             shardings[name] = nnx.get_named_sharding(abstract_state, mesh)
         arrays = jax.jit(init, out_shardings=shardings)()
-    return TrainState(graphdefs, arrays, shardings)
+    if tx is None:
+        return TrainState(graphdefs, arrays, shardings)
+    return TrainState(graphdefs, arrays, shardings, trainable=abstract["opt"].wrt)
 
 
 def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -> Callable:
@@ -89,11 +93,12 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
         if cfg.model.image.patch_dropout > 0:
             rng = jax.random.fold_in(jax.random.key(cfg.seed), opt.step[...])
         if cfg.microbatches == 1:
-            grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+            wrt = nnx.DiffState(0, state.trainable)
+            grad_fn = nnx.value_and_grad(loss_fn, argnums=wrt, has_aux=True)
             (loss, (metrics, scale, bias)), grads = grad_fn(model, images, batch["tokens"], rng)
         else:
             loss, (metrics, scale, bias), grads = grad_cache(
-                model, images, batch["tokens"], cfg.microbatches, loss_fn, rng
+                model, images, batch["tokens"], cfg.microbatches, loss_fn, rng, state.trainable
             )
         lr = lr_schedule(opt.step[...])
         opt.update(model, grads)
@@ -122,14 +127,15 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
     )
 
 
-def grad_cache(model, images, tokens, k: int, loss_fn, rng=None):
+def grad_cache(model, images, tokens, k: int, loss_fn, rng=None, wrt=nnx.Param):
     """(loss, aux, grads) of `loss_fn` over the whole batch, with the towers run on `k`
     microbatches at a time (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under
     Memory Limited Setup"): embed every microbatch without keeping activations, take the loss
     and its gradient with respect to all embeddings at once (every negative in the batch), then
     backpropagate each microbatch's embedding gradients through its towers and sum. Equal to the
-    full-batch gradient up to float rounding; the towers run forward twice."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    full-batch gradient up to float rounding; the towers run forward twice. Gradients are
+    taken for the parameters `wrt` selects."""
+    graphdef, params, rest = nnx.split(model, wrt, ...)
 
     # Model state enters every transform as an argument, never by closure: NNX refuses
     # variables traced at another level (the towers' nnx.scan checks).
@@ -165,6 +171,10 @@ def grad_cache(model, images, tokens, k: int, loss_fn, rng=None):
         backward, (params, rest, zeros), (*micro, split(dzimg), split(dztxt))
     )
     return loss, aux, jax.tree.map(jnp.add, tower_grads, head_grads)
+
+
+def count_params(model_state: nnx.State, which: nnx.filterlib.Filter) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model_state, which)))
 
 
 def abstract_batch(cfg, mesh) -> dict[str, jax.ShapeDtypeStruct]:
@@ -237,8 +247,10 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     tx, lr_schedule = optim.make(cfg.optim, cfg.total_steps)
     state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=tx)
     arrays, start, data_state = restore_or_init(cfg, start_from, state)
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(arrays["model"], nnx.Param)))
-    log.info("model: %.2fM parameters; mesh %s", n_params / 1e6, dict(mesh.shape))
+    n_params = count_params(arrays["model"], nnx.Param)
+    n_trained = count_params(arrays["model"], state.trainable)
+    frozen = f", {(n_params - n_trained) / 1e6:.2f}M frozen" if n_trained < n_params else ""
+    log.info("model: %.2fM parameters%s; mesh %s", n_params / 1e6, frozen, dict(mesh.shape))
 
     t0 = time.perf_counter()
     step_fn = make_train_step(cfg, mesh, state, lr_schedule)
@@ -253,7 +265,14 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     batches = pipeline.to_mesh(host_batches, mesh, ahead=cfg.data.prefetch)
     writer = MetricWriter(workdir, truncate_after=start if start else -1)
     if start == 0:
-        writer.write(0, {"train/compile_sec": compile_sec, "train/num_params": n_params})
+        writer.write(
+            0,
+            {
+                "train/compile_sec": compile_sec,
+                "train/num_params": n_params,
+                "train/num_trained_params": n_trained,
+            },
+        )
     ckpt = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
     # On CPU, many steps in flight over simulated devices can trip XLA's collective rendezvous
     # timeout; CPU execution is synchronous in practice, so waiting costs nothing there.

@@ -87,17 +87,41 @@ def test_hf_import_gives_the_pytorch_outputs_and_round_trips(tmp_path, kind):
         np.testing.assert_array_equal(back[key], value, err_msg=key)
 
 
-def test_one_tower_lit_style(tmp_path):
+def test_lit_recipe_trains_a_text_tower_against_the_locked_imported_image_tower(tmp_path):
+    """configs/lit.py: the image tower of a transformers CLIP (`#image`), trained at learning
+    rate 1e-3, still gives the PyTorch model's embeddings; only the new text tower and the
+    scale were trained, with the tokenizer of the config, not the checkpoint's."""
     hf_model, path = random_hf(tmp_path, "clip")
-    workdir = frozen_run(tmp_path, f"hf:{path}#image")
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["data"]["tokenizer"] == "demo"  # the text tower is new: its tokenizer stays
-    _, _, pixels, _, img, _ = vlx_outputs(workdir)
+    text = dict(variant="mu", width=32, depth=2, mlp_dim=64, heads=2, vocab_size=64)
+    code = cli_train(
+        f"configs/lit.py:hf:{path}",
+        tmp_path / "lit",
+        *[f"--config.model.text.{k}={v}" for k, v in text.items()],
+        "--config.model.text.context_length=8",
+        "--config.model.dtype=float32",
+        "--config.data.tokenizer=demo",
+        "--config.batch_size=16",
+        "--config.total_steps=3",
+        "--config.optim.warmup_steps=0",
+        "--config.evals={}",
+    )
+    assert code == 0
+    _, t, pixels, _, img, _ = vlx_outputs(str(tmp_path / "lit"))
+    np.testing.assert_allclose(img, image_features(hf_model, pixels), atol=1e-5)
+    assert t.cfg.optim.freeze == "image.*" and t.cfg.optim.lr == 1e-3
+    assert t.cfg.data.tokenizer == "demo"
+    first = json.loads((tmp_path / "lit" / "metrics.jsonl").read_text().splitlines()[0])
+    vision = sum(p.numel() for p in hf_model.vision_model.parameters())
+    vision += hf_model.visual_projection.weight.numel()
+    assert first["train/num_params"] - first["train/num_trained_params"] == vision
+
+
+def image_features(hf_model, pixels) -> np.ndarray:
+    """transformers' L2-normalised image embeddings of NHWC `pixels`."""
     with torch.no_grad():
         ref = hf_model.get_image_features(pixel_values=torch.tensor(pixels.transpose(0, 3, 1, 2)))
     ref = getattr(ref, "pooler_output", ref)
-    ref = (ref / ref.norm(dim=-1, keepdim=True)).numpy()
-    np.testing.assert_allclose(img, ref, atol=1e-5)
+    return (ref / ref.norm(dim=-1, keepdim=True)).numpy()
 
 
 def test_open_clip_round_trip(tmp_path):

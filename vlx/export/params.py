@@ -28,15 +28,22 @@ def _stacked(key: str) -> tuple[str, str] | None:
     return (head, tail) if sep and not tail.split(".")[0].isdigit() else None
 
 
+def layer_keys(key: str, shape: tuple[int, ...]) -> list[str]:
+    """The per-layer keys of the array `key` of `shape`: one per layer where it stacks layers."""
+    parts = _stacked(key)
+    if parts is None:
+        return [key]
+    return [f"{parts[0]}{BLOCKS}{i}.{parts[1]}" for i in range(shape[0])]
+
+
 def _per_layer(flat: dict, split) -> dict:
     out = {}
     for key, value in flat.items():
-        parts = _stacked(key)
-        if parts is None:
+        if _stacked(key) is None:
             out[key] = value
             continue
-        for i, layer in enumerate(split(value)):
-            out[f"{parts[0]}{BLOCKS}{i}.{parts[1]}"] = layer
+        layers = split(value)
+        out.update(zip(layer_keys(key, (len(layers),)), layers, strict=True))
     return out
 
 
