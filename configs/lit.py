@@ -5,7 +5,8 @@ new text tower trained to read it.
       --config.data.source=arrayrecord:data/pairs
 
 The argument names the image tower's weights: `hf:PATH` (a transformers CLIP or SigLIP
-directory) or `open_clip:PATH`. Its architecture and the embedding size are read from there.
+directory), `open_clip:PATH`, or a vlx workdir or checkpoint. Its architecture and the
+embedding size are read from there.
 `optim.freeze` locks the whole image tower, projection included: no gradients, no optimizer
 state, and no backward pass through it, so a step costs the image tower's forward and the text
 tower's training. The text tower is CLIP's (12 layers, width 512, OpenAI BPE). Learning rate,
@@ -19,10 +20,10 @@ import runpy
 
 
 def get_config(image_tower: str = ""):
-    if not image_tower.startswith(("hf:", "open_clip:")):
+    if not image_tower:
         raise ValueError(
-            "name the image tower's weights after the file: configs/lit.py:hf:PATH or "
-            "configs/lit.py:open_clip:PATH"
+            "name the image tower's weights after the file: configs/lit.py:hf:PATH, "
+            "configs/lit.py:open_clip:PATH or configs/lit.py:WORKDIR (a vlx run)"
         )
     b16 = runpy.run_path(str(pathlib.Path(__file__).with_name("clip_vit_b16.py")))
     c = b16["get_config"]()  # the text tower and tokenizer; the image tower comes from the weights

@@ -16,7 +16,7 @@ from tests.xla import cpu_flags
 from vlx import checkpoint, optim, parallel, train
 from vlx import config as vlx_config
 from vlx.errors import CheckpointError, TrainingError
-from vlx.export import params
+from vlx.export import imports, params
 
 
 def config(**updates):
@@ -96,24 +96,37 @@ def test_init_from_loads_weights_only_and_starts_at_step_zero(tmp_path):
     with pytest.raises(CheckpointError, match=r"does not match the model and optimizer .*proj"):
         train.train(mismatched, tmp_path / "ft2")
 
-    # LiT: the image tower frozen (`optim.freeze`). It stays as loaded, bit for bit, through a
-    # resume; only what is trained has optimizer state; resuming with another freeze is
-    # refused (the optimizer state would not fit).
-    lit, run = dict(init_from=str(tmp_path / "pre"), optim=dict(freeze="image.*")), tmp_path / "lit"
-    train.train(config(total_steps=3, **lit), run)
-    other = config(total_steps=6, init_from=str(tmp_path / "pre"))
+    # LiT: the image tower alone (`#image`, its config taken from the checkpoint), unrolled,
+    # frozen (`optim.freeze`), with a new text tower. It stays as loaded, bit for bit, through a
+    # resume; only what is trained has optimizer state; resuming with another freeze is refused
+    # (the optimizer state would not fit).
+    new_text = dict(scan=False, image=dict(depth=1), text=dict(depth=1))
+    lit = dict(init_from=f"{tmp_path / 'pre'}#image", model=new_text)
+    run = tmp_path / "lit"
+    train.train(config(total_steps=3, optim=dict(freeze="image.*"), **lit), run)
     with pytest.raises(CheckpointError, match="optim.freeze: checkpoint 'image.*' vs config ''"):
-        train.train(other, run)
-    assert train.train(config(total_steps=5, **lit), run)["step"] == 5
+        train.train(config(total_steps=6, **lit), run)
+    assert train.train(config(total_steps=5, optim=dict(freeze="image.*"), **lit), run)["step"] == 5
+    saved = json.loads((run / "config.json").read_text())["model"]
+    assert (saved["image"]["depth"], saved["text"]["depth"]) == (2, 1)
     step, after = final_params(run)
-    jax.tree.map(np.testing.assert_array_equal, after["image"], pre["image"])
-    assert not np.allclose(after["text"]["proj"]["kernel"], pre["text"]["proj"]["kernel"])
-    assert after["logit_scale"] != pre["logit_scale"]
+    loaded, kept = params.flatten(after), params.flatten(pre)  # per layer: unrolled vs scanned
+    image = sorted(k for k in kept if k.startswith("image."))
+    assert image == sorted(k for k in loaded if k.startswith("image."))
+    for key in image:
+        np.testing.assert_array_equal(loaded[key], kept[key], err_msg=key)
+    assert "1" not in after["text"]["encoder"]["blocks"]
     moments = checkpoint.find(run)[0].load_arrays(step)["opt"]["opt_state"]["1"]["0"]["mu"]
     assert sorted(moments) == ["logit_scale", "text"]
     first = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
-    image = sum(x.size for x in jax.tree.leaves(pre["image"]))
-    assert first["train/num_params"] - first["train/num_trained_params"] == image
+    frozen = sum(kept[k].size for k in image)
+    assert first["train/num_params"] - first["train/num_trained_params"] == frozen
+
+    # `#text` brings the text tower's config and the tokenizer it was trained with.
+    text_only = config(init_from=f"{tmp_path / 'pre'}#text", model=dict(text=dict(width=48)))
+    imports.derive_config(text_only)
+    assert text_only.model.text.width == 32
+    assert text_only.data.tokenizer == str(tmp_path / "pre" / "tokenizer")
 
 
 def test_resuming_another_model_is_refused_before_anything_is_built_or_written(

@@ -136,20 +136,31 @@ class Checkpointer:
         out = dict(arrays)
         for name in names:
             pure = restored["state"][name]
-            if not same_layout:
-                pure = _relayout(pure, arrays[name])
-            state = jax.tree.map(lambda x: x, arrays[name])
-            nnx.replace_by_pure_dict(state, pure)
-            out[name] = state
+            if same_layout:
+                out[name] = jax.tree.map(lambda x: x, arrays[name])
+                nnx.replace_by_pure_dict(out[name], pure)
+            else:
+                out[name] = params.put(arrays[name], params.flatten(pure))
         return out, (restored["data"] if not only else None)
 
-    def load_arrays(self, step: int) -> dict:
-        """The saved state of `step` as nested dicts of numpy arrays (no model, no devices)."""
-        _, as_numpy = _as_numpy(self.manager.item_metadata(step)["state"])
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    def load_arrays(self, step: int, only: tuple[str, ...] | None = None) -> dict:
+        """The saved state of `step` (or its parts `only`) as nested dicts of numpy arrays (no
+        model, no devices)."""
+        metadata = self.manager.item_metadata(step)["state"]
+        target, as_numpy = _as_numpy({n: metadata[n] for n in only or metadata})
+        state = ocp.args.PyTreeRestore(
+            target, restore_args=as_numpy, partial_restore=only is not None
         )
-        return restored["state"]
+        return self.manager.restore(step, args=ocp.args.Composite(state=state))["state"]
+
+    def load_towers(self, step: int, towers: tuple[str, ...], model: nnx.State) -> nnx.State:
+        """`model` with the weights of `towers` (`image`, `text`) taken from the model saved at
+        `step`: read on the host, so either layer layout (`model.scan`) fits, and placed like
+        the arrays they replace."""
+        metadata = self.manager.item_metadata(step)["state"]["model"]
+        check_shapes(metadata, {t: model[t] for t in towers}, self.directory / str(step))
+        saved = self.load_arrays(step, only=("model",))["model"]
+        return params.put(model, params.flatten({t: saved[t] for t in towers}))
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -192,15 +203,6 @@ def _as_numpy(metadata) -> tuple[dict, dict]:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(metadata))
     args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     return target, args
-
-
-def _relayout(saved: dict, state) -> dict:
-    """`saved` (numpy, layers stored either way) as the pure dict of `state`, on its devices."""
-    target = nnx.to_pure_dict(state)
-    tree = params.unflatten(params.flatten(saved), target)
-    return jax.tree.map(
-        lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), tree, target
-    )
 
 
 def _path(path) -> str:

@@ -216,7 +216,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     """
     progress = progress or NullProgress()
     workdir = Path(workdir)
-    if imports.is_pytorch(cfg.init_from):
+    if imports.derives_config(cfg.init_from):
         imports.derive_config(cfg)
         config.validate(cfg)
     mesh = parallel.make_mesh(cfg.mesh)
@@ -374,12 +374,13 @@ def stop_agreed(stop, step: int, every: int) -> bool:
 @dataclasses.dataclass
 class Start:
     """Where a run's weights come from, decided before the model is built: this workdir's
-    latest checkpoint (`resume`), a checkpoint to take the model from (`init_from`), or
-    neither (a fresh model, or PyTorch weights: `init_from` hf:/open_clip:)."""
+    latest checkpoint (`resume`), a checkpoint to take the model or some `towers` from
+    (`init_from`), or neither (a fresh model, or PyTorch weights: `init_from` hf:/open_clip:)."""
 
     checkpointer: Checkpointer | None = None
     step: int = 0
     resume: bool = False
+    towers: tuple[str, ...] = imports.TOWERS
 
 
 def find_start(cfg, workdir: Path) -> Start:
@@ -393,7 +394,8 @@ def find_start(cfg, workdir: Path) -> Start:
             refuse_other_model(ckpt, step, cfg)
             return Start(ckpt, step, resume=True)
     if cfg.init_from and not imports.is_pytorch(cfg.init_from):
-        return Start(*checkpoint_lib.find(cfg.init_from))
+        source, towers = imports.split_tower(cfg.init_from)
+        return Start(*checkpoint_lib.find(source), towers=towers)
     return Start()
 
 
@@ -408,14 +410,20 @@ def restore_or_init(cfg, start: Start, state: TrainState) -> tuple[dict, int, di
         )
         return arrays, start.step, data_state
     if start.checkpointer is not None:
-        arrays, _ = start.checkpointer.restore(start.step, state.arrays, only=("model",))
+        if start.towers == imports.TOWERS:
+            arrays, _ = start.checkpointer.restore(start.step, state.arrays, only=("model",))
+        else:
+            model = start.checkpointer.load_towers(start.step, start.towers, state.arrays["model"])
+            arrays = {**state.arrays, "model": model}
         log.info(
-            "initialised the model from %s (step %d); starting at step 0", cfg.init_from, start.step
+            "initialised %s from %s (step %d); starting at step 0",
+            "+".join(start.towers),
+            cfg.init_from,
+            start.step,
         )
         return arrays, 0, None
     if imports.is_pytorch(cfg.init_from):
-        model = imports.load(cfg, state.arrays["model"], state.shardings["model"])
-        return {**state.arrays, "model": model}, 0, None
+        return {**state.arrays, "model": imports.load(cfg, state.arrays["model"])}, 0, None
     return state.arrays, 0, None
 
 

@@ -2,10 +2,11 @@
 
 `hf:PATH` reads a transformers CLIPModel/SiglipModel directory, `open_clip:PATH` an open_clip
 directory (`open_clip_config.json` + weights). A `#image` or `#text` suffix takes one tower only
-(LiT-style: a pretrained image tower, a new text tower). The imported towers' model config is
-derived from the checkpoint's own config, so the recipe need not repeat it; importing the text
-tower also switches `data.tokenizer` to the checkpoint's tokenizer. Weights are read only from
-`.safetensors` or with `torch.load(weights_only=True)`: nothing is ever unpickled.
+(LiT-style: a pretrained image tower, a new text tower), also after a vlx workdir or checkpoint.
+The imported towers' model config is derived from the checkpoint's own config, so the recipe
+need not repeat it; importing the text tower also switches `data.tokenizer` to the checkpoint's
+tokenizer. Weights are read only from `.safetensors` or with `torch.load(weights_only=True)`:
+nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import json
 import logging
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
+from vlx import checkpoint
 from vlx.errors import ExportError
 from vlx.export import hf, layout, open_clip, params
 
@@ -31,21 +32,39 @@ def is_pytorch(init_from: str) -> bool:
     return init_from.startswith(PREFIXES)
 
 
-def parse(init_from: str) -> tuple[str, Path, tuple[str, ...]]:
-    """'hf:PATH#image' -> ('hf', PATH, ('image',))."""
-    fmt, _, rest = init_from.partition(":")
-    path, _, tower = rest.partition("#")
+def split_tower(init_from: str) -> tuple[str, tuple[str, ...]]:
+    """'SOURCE#image' -> ('SOURCE', ('image',)); without a suffix, both towers."""
+    source, _, tower = init_from.partition("#")
     if tower and tower not in TOWERS:
         raise ExportError(f"init_from={init_from!r}: the suffix must be #image or #text")
+    return source, (tower,) if tower else TOWERS
+
+
+def derives_config(init_from: str) -> bool:
+    """Whether `init_from` sets the config of the towers it brings: PyTorch weights, or one
+    tower of a vlx checkpoint (a whole vlx model must match the run's config instead)."""
+    return is_pytorch(init_from) or split_tower(init_from)[1] != TOWERS
+
+
+def parse(init_from: str) -> tuple[str, Path, tuple[str, ...]]:
+    """'hf:PATH#image' -> ('hf', PATH, ('image',))."""
+    source, towers = split_tower(init_from)
+    fmt, _, path = source.partition(":")
     if not Path(path).is_dir():
         raise ExportError(f"init_from={init_from!r}: {path} is not a directory")
-    return fmt, Path(path), (tower,) if tower else TOWERS
+    return fmt, Path(path), towers
 
 
 def derive_config(cfg) -> None:
-    """Sets the imported towers' model config (and tokenizer) from the checkpoint's config."""
-    fmt, path, towers = parse(cfg.init_from)
-    derived = _hf_config(path) if fmt == "hf" else _open_clip_config(path)
+    """Sets the imported towers' model config (and, with the text tower, the tokenizer) from
+    the checkpoint's own config."""
+    if is_pytorch(cfg.init_from):
+        fmt, path, towers = parse(cfg.init_from)
+        derived = _hf_config(path) if fmt == "hf" else _open_clip_config(path)
+        tokenizer = _pytorch_tokenizer(cfg.init_from, path) if "text" in towers else None
+    else:
+        source, towers = split_tower(cfg.init_from)
+        path, (derived, tokenizer) = source, _vlx_config(source)
     with cfg.unlocked():
         for tower in towers:
             cfg.model[tower].update(derived[tower])
@@ -53,13 +72,32 @@ def derive_config(cfg) -> None:
         if towers == TOWERS:
             cfg.model.logit_bias_init = derived["logit_bias_init"]
         if "text" in towers:
-            if not (path / "tokenizer.json").is_file() and not (path / "vocab.json").is_file():
-                raise ExportError(
-                    f"init_from={cfg.init_from!r}: no Hugging Face tokenizer files in {path}; "
-                    "the text tower needs its tokenizer there"
-                )
-            cfg.data.tokenizer = str(path)
+            cfg.data.tokenizer = tokenizer
     log.info("model config of %s taken from %s", "+".join(towers), path)
+
+
+def _pytorch_tokenizer(init_from: str, path: Path) -> str:
+    if not (path / "tokenizer.json").is_file() and not (path / "vocab.json").is_file():
+        raise ExportError(
+            f"init_from={init_from!r}: no Hugging Face tokenizer files in {path}; "
+            "the text tower needs its tokenizer there"
+        )
+    return str(path)
+
+
+def _vlx_config(source: str) -> tuple[dict, str]:
+    """The towers' config of the vlx checkpoint at `source` (without the settings a run may
+    change, such as patch dropout), and its tokenizer: the copy in its workdir if there is one."""
+    ckpt, step = checkpoint.find(source)
+    saved = ckpt.saved_config(step)
+
+    def tower(name: str) -> dict:
+        keys = checkpoint.RUNTIME_MODEL_KEYS
+        return {k: v for k, v in saved.model[name].items() if f"model.{name}.{k}" not in keys}
+
+    derived = dict(image=tower("image"), text=tower("text"), embed_dim=saved.model.embed_dim)
+    copy = ckpt.directory.parent / "tokenizer"
+    return derived, str(copy) if copy.is_dir() else saved.data.tokenizer
 
 
 def _hf_config(path: Path) -> dict:
@@ -200,8 +238,8 @@ def read_weights(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     raise ExportError(f"{path} has none of {', '.join(names)}")
 
 
-def load(cfg, model_arrays: nnx.State, shardings) -> nnx.State:
-    """`model_arrays` with the imported towers' weights put in, on `shardings`."""
+def load(cfg, model_arrays: nnx.State) -> nnx.State:
+    """`model_arrays` with the imported towers' weights put in, on the same devices."""
     fmt, path, towers = parse(cfg.init_from)
     if fmt == "hf":
         kind = hf.style(cfg.model, eos_id=-1)  # the tokenizer is the user's concern here
@@ -228,12 +266,6 @@ def load(cfg, model_arrays: nnx.State, shardings) -> nnx.State:
     unused = sorted(set(state) - known)
     if unused:
         raise ExportError(f"{path}: weights vlx does not know: {', '.join(unused[:5])}")
-    pure = nnx.to_pure_dict(jax.device_get(model_arrays))
-    shapes = params.shapes(pure)
-    imported = layout.from_torch(rows, state, shapes)
-    merged = params.unflatten({**params.flatten(pure), **imported}, pure)
-    merged = jax.tree.map(lambda new, old: np.asarray(new, old.dtype), merged, pure)
-    new = jax.tree.map(lambda x: x, model_arrays)
-    nnx.replace_by_pure_dict(new, merged)
+    imported = layout.from_torch(rows, state, params.shapes(nnx.to_pure_dict(model_arrays)))
     log.info("initialised %s from %s (%d arrays)", "+".join(towers), path, len(imported))
-    return jax.device_put(new, shardings)
+    return params.put(model_arrays, imported)

@@ -7,7 +7,9 @@ the export tables need not know whether the model was scanned.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
+from flax import nnx
 
 BLOCKS = ".encoder.blocks."
 
@@ -72,4 +74,24 @@ def unflatten(flat: dict[str, np.ndarray], template: dict, prefix: str = "") -> 
             out[key] = np.stack([flat[f"{parts[0]}{BLOCKS}{i}.{parts[1]}"] for i in layers])
         else:
             out[key] = flat[name]
+    return out
+
+
+def put(state: nnx.State, flat: dict[str, np.ndarray]) -> nnx.State:
+    """`state` (real or abstract arrays with shardings) with every array whose per-layer keys
+    `flat` holds replaced by those values (stacked where `state` stacks layers), each placed on
+    the devices and sharding of the array it replaces; the other arrays stay as they are. Every
+    process passes the same `flat`."""
+
+    def replace(path, old):
+        key = ".".join(str(k.key) for k in path)
+        keys = layer_keys(key, old.shape)
+        if not all(k in flat for k in keys):
+            return old
+        new = flat[key] if _stacked(key) is None else np.stack([flat[k] for k in keys])
+        return jax.device_put(np.asarray(new, old.dtype), old.sharding)
+
+    tree = jax.tree_util.tree_map_with_path(replace, nnx.to_pure_dict(state))
+    out = jax.tree.map(lambda x: x, state)
+    nnx.replace_by_pure_dict(out, tree)
     return out
