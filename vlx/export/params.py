@@ -1,8 +1,9 @@
-"""A vlx model's arrays as one flat dict with dotted keys, one entry per layer.
+"""A vlx model's arrays as one flat dict with dotted keys, one entry per layer, and back.
 
 Scanned encoders stack their blocks on a leading axis (`image.encoder.blocks.attn.query.kernel`
 [L, ...]); here every layer has its own keys (`image.encoder.blocks.3.attn.query.kernel`), so
-the export tables need not know whether the model was scanned.
+the export tables, imports and checkpoint conversions need not know whether the model was
+scanned.
 """
 
 from __future__ import annotations
@@ -58,23 +59,6 @@ def shapes(tree: dict) -> dict[str, tuple[int, ...]]:
     """Per-layer shapes of a nested dict of arrays, shape-dtype structs or array metadata."""
     flat = {k: tuple(getattr(v, "shape", ())) for k, v in _leaves(tree).items()}
     return _per_layer(flat, lambda shape: [shape[1:]] * shape[0])
-
-
-def unflatten(flat: dict[str, np.ndarray], template: dict, prefix: str = "") -> dict:
-    """The inverse of `flatten`, shaped like `template` (stacking layers where it is scanned)."""
-    out = {}
-    for key, value in template.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out[key] = unflatten(flat, value, f"{name}.")
-            continue
-        parts = _stacked(name)
-        if parts is not None:
-            layers = range(value.shape[0])
-            out[key] = np.stack([flat[f"{parts[0]}{BLOCKS}{i}.{parts[1]}"] for i in layers])
-        else:
-            out[key] = flat[name]
-    return out
 
 
 def put(state: nnx.State, flat: dict[str, np.ndarray]) -> nnx.State:
