@@ -103,13 +103,12 @@ def _vlx_step(cfg, *, block: bool):
         return metrics
 
     model = state.arrays["model"]
-    trained = nnx.to_pure_dict(nnx.state(model, state.trainable))
     info = {
         "mesh": mesh,
         "compile_s": compile_s,
         "params": train.count_params(model, nnx.Param),
         "trained_params": train.count_params(model, state.trainable),
-        "frozen_towers": tuple(t for t in ("image", "text") if not jax.tree.leaves(trained.get(t))),
+        "frozen_towers": optim.frozen_towers(model, state.trainable),
     }
     return step, info
 

@@ -90,3 +90,9 @@ def trainable(frozen: frozenset[tuple]) -> nnx.filterlib.Filter:
     """The NNX filter of what is trained: every parameter but the `frozen` paths. Gradients
     are taken and optimizer state is kept only for these."""
     return nnx.All(nnx.Param, nnx.Not(nnx.filterlib.PathIn(*frozen))) if frozen else nnx.Param
+
+
+def frozen_towers(model: nnx.State, trainable: nnx.filterlib.Filter) -> tuple[str, ...]:
+    """The towers (`image`, `text`) of which no parameter is trained."""
+    trained = nnx.to_pure_dict(nnx.state(model, trainable))
+    return tuple(t for t in ("image", "text") if not jax.tree.leaves(trained.get(t)))

@@ -285,6 +285,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
         state.shardings["model"],
         tok,
         sources=eval_sources,
+        fixed_images="image" in optim.frozen_towers(arrays["model"], state.trainable),
     )
     last: dict[str, float] = {}
     # Skipped updates add up on the device, so counting them never syncs the host.

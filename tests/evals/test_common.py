@@ -51,6 +51,24 @@ def test_images_embed_once_each_in_order_skipping_bad_ones():
     assert context.embed_images(source, batch_size=8, num_examples=4).index.tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("fixed", [False, True])
+def test_a_locked_image_tower_embeds_each_dataset_once_per_run(fixed):
+    """`fixed_images` (the image tower frozen by `optim.freeze`): later evaluations reuse the
+    embeddings, read-only; otherwise every evaluation embeds the images again."""
+    context, _, _ = _context()
+    context.fixed_images = fixed
+    calls, embed = [], context._images
+    context._images = lambda *args: calls.append(1) or embed(*args)
+    source = _Source()
+    first = context.embed_images(source, batch_size=8)
+    again = context.embed_images(source, batch_size=8)
+    assert len(calls) == (2 if fixed else 4)  # 13 images: two batches of 8 each time
+    np.testing.assert_array_equal(first.images, again.images)
+    assert (again is first) == fixed and first.images.flags.writeable != fixed
+    context.embed_images(source, batch_size=8, num_examples=4)  # another subset: embedded
+    assert len(calls) == (3 if fixed else 5)
+
+
 def test_texts_embed_in_order_across_batches():
     context, model, tok = _context()
     texts = [f"a red circle {i}" for i in range(11)]

@@ -68,7 +68,9 @@ class EvalContext:
     """What an evaluator needs: the model, the mesh, the datasets and the tokenizer.
 
     `save_dir`, when set, receives each evaluator's embeddings (`<name>.npz`) so that its
-    numbers can be recomputed outside vlx.
+    numbers can be recomputed outside vlx. `fixed_images`: the image tower never changes in
+    this run (locked by `optim.freeze`), so each dataset's image embeddings are computed once
+    and reused by later evaluations.
     """
 
     cfg: object
@@ -79,8 +81,10 @@ class EvalContext:
     tokenizer: Tokenizer
     sources: EvalSources | None = None
     save_dir: Path | None = None
+    fixed_images: bool = False
 
     def __post_init__(self):
+        self._embedded: dict[tuple, tuple[object, Embedded]] = {}
         if self.sources is None:
             self.sources = EvalSources(self.cfg)
         kind = self.cfg.data.normalize
@@ -128,6 +132,9 @@ class EvalContext:
 
         Each process loads its own range; images, masks, labels and indices travel in the same
         global batch, so they come back aligned whatever the device order."""
+        key = (id(source), batch_size, num_examples)
+        if self.fixed_images and key in self._embedded and self._embedded[key][0] is source:
+            return self._embedded[key][1]
         size = self.round_batch(batch_size)
         keep = []
         for local in pipeline.eval_batches(
@@ -151,7 +158,12 @@ class EvalContext:
             raise DataError(f"{source!r} has no examples to evaluate")
         images, labels, index = (np.concatenate(parts) for parts in zip(*keep, strict=True))
         order = np.argsort(index, kind="stable")
-        return Embedded(images[order], labels[order], index[order], skipped=n - len(index))
+        embedded = Embedded(images[order], labels[order], index[order], skipped=n - len(index))
+        if self.fixed_images:
+            for array in (embedded.images, embedded.labels, embedded.index):
+                array.flags.writeable = False  # shared by every later evaluation
+            self._embedded[key] = (source, embedded)
+        return embedded
 
     def save(self, name: str, **arrays) -> None:
         """Writes `arrays` to `save_dir/<name>.npz` (process 0, only when saving is on)."""
