@@ -98,15 +98,18 @@ def test_init_from_loads_weights_only_and_starts_at_step_zero(tmp_path):
 
     # LiT: the image tower alone (`#image`, its config taken from the checkpoint), unrolled,
     # frozen (`optim.freeze`), with a new text tower. It stays as loaded, bit for bit, through a
-    # resume; only what is trained has optimizer state; resuming with another freeze is refused
-    # (the optimizer state would not fit).
+    # resume, which takes the derived config from the run itself (the source may be gone);
+    # only what is trained has optimizer state; resuming with another freeze is refused (the
+    # optimizer state would not fit).
     new_text = dict(scan=False, image=dict(depth=1), text=dict(depth=1))
     lit = dict(init_from=f"{tmp_path / 'pre'}#image", model=new_text)
     run = tmp_path / "lit"
     train.train(config(total_steps=3, optim=dict(freeze="image.*"), **lit), run)
     with pytest.raises(CheckpointError, match="optim.freeze: checkpoint 'image.*' vs config ''"):
         train.train(config(total_steps=6, **lit), run)
+    (tmp_path / "pre").rename(tmp_path / "gone")
     assert train.train(config(total_steps=5, optim=dict(freeze="image.*"), **lit), run)["step"] == 5
+    (tmp_path / "gone").rename(tmp_path / "pre")
     saved = json.loads((run / "config.json").read_text())["model"]
     assert (saved["image"]["depth"], saved["text"]["depth"]) == (2, 1)
     step, after = final_params(run)

@@ -217,7 +217,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     progress = progress or NullProgress()
     workdir = Path(workdir)
     if imports.derives_config(cfg.init_from):
-        imports.derive_config(cfg)
+        imports.derive_config(cfg, resumed=workdir if latest_checkpoint(workdir) else None)
         config.validate(cfg)
     mesh = parallel.make_mesh(cfg.mesh)
     local_batch = parallel.batch_size_per_process(cfg.batch_size, mesh)
@@ -384,16 +384,24 @@ class Start:
     towers: tuple[str, ...] = imports.TOWERS
 
 
-def find_start(cfg, workdir: Path) -> Start:
-    """Refuses to resume a checkpoint of another model, and fails on an `init_from` without
-    one, before anything is built or written."""
+def latest_checkpoint(workdir: Path) -> tuple[Checkpointer, int] | None:
+    """The latest complete checkpoint of the run in `workdir`, if it has one."""
     ckpt_dir = workdir / "checkpoints"
     if ckpt_dir.is_dir():
         ckpt = Checkpointer(ckpt_dir, read_only=True)
         step = ckpt.latest_step()
         if step is not None:
-            refuse_other_model(ckpt, step, cfg)
-            return Start(ckpt, step, resume=True)
+            return ckpt, step
+    return None
+
+
+def find_start(cfg, workdir: Path) -> Start:
+    """Refuses to resume a checkpoint of another model, and fails on an `init_from` without
+    one, before anything is built or written."""
+    latest = latest_checkpoint(workdir)
+    if latest is not None:
+        refuse_other_model(*latest, cfg)
+        return Start(*latest, resume=True)
     if cfg.init_from and not imports.is_pytorch(cfg.init_from):
         source, towers = imports.split_tower(cfg.init_from)
         return Start(*checkpoint_lib.find(source), towers=towers)

@@ -55,16 +55,25 @@ def parse(init_from: str) -> tuple[str, Path, tuple[str, ...]]:
     return fmt, Path(path), towers
 
 
-def derive_config(cfg) -> None:
+def derive_config(cfg, resumed: Path | None = None) -> None:
     """Sets the imported towers' model config (and, with the text tower, the tokenizer) from
-    the checkpoint's own config."""
-    if is_pytorch(cfg.init_from):
+    the checkpoint's own config. `resumed`: the workdir of a run that resumes, whose config was
+    derived so when it started; it is taken from there, and the source need no longer exist."""
+    source, towers = split_tower(cfg.init_from)
+    if resumed is not None:
+        ckpt, step = checkpoint.find(resumed)
+        derived, tokenizer = _saved_towers(ckpt.saved_config(step), resumed / "tokenizer")
+        where = f"{resumed}, which started from {source}"
+    elif is_pytorch(cfg.init_from):
         fmt, path, towers = parse(cfg.init_from)
         derived = _hf_config(path) if fmt == "hf" else _open_clip_config(path)
         tokenizer = _pytorch_tokenizer(cfg.init_from, path) if "text" in towers else None
+        where = path
     else:
-        source, towers = split_tower(cfg.init_from)
-        path, (derived, tokenizer) = source, _vlx_config(source)
+        ckpt, step = checkpoint.find(source)
+        copy = ckpt.directory.parent / "tokenizer"
+        derived, tokenizer = _saved_towers(ckpt.saved_config(step), copy)
+        where = source
     with cfg.unlocked():
         for tower in towers:
             cfg.model[tower].update(derived[tower])
@@ -73,7 +82,7 @@ def derive_config(cfg) -> None:
             cfg.model.logit_bias_init = derived["logit_bias_init"]
         if "text" in towers:
             cfg.data.tokenizer = tokenizer
-    log.info("model config of %s taken from %s", "+".join(towers), path)
+    log.info("model config of %s taken from %s", "+".join(towers), where)
 
 
 def _pytorch_tokenizer(init_from: str, path: Path) -> str:
@@ -85,19 +94,22 @@ def _pytorch_tokenizer(init_from: str, path: Path) -> str:
     return str(path)
 
 
-def _vlx_config(source: str) -> tuple[dict, str]:
-    """The towers' config of the vlx checkpoint at `source` (without the settings a run may
-    change, such as patch dropout), and its tokenizer: the copy in its workdir if there is one."""
-    ckpt, step = checkpoint.find(source)
-    saved = ckpt.saved_config(step)
+def _saved_towers(saved, tokenizer_copy: Path) -> tuple[dict, str]:
+    """The towers' config saved with a vlx checkpoint, without the settings a run may change
+    (such as patch dropout), and its tokenizer: `tokenizer_copy`, the copy a run keeps in its
+    workdir, if it exists."""
 
     def tower(name: str) -> dict:
         keys = checkpoint.RUNTIME_MODEL_KEYS
         return {k: v for k, v in saved.model[name].items() if f"model.{name}.{k}" not in keys}
 
-    derived = dict(image=tower("image"), text=tower("text"), embed_dim=saved.model.embed_dim)
-    copy = ckpt.directory.parent / "tokenizer"
-    return derived, str(copy) if copy.is_dir() else saved.data.tokenizer
+    derived = dict(
+        image=tower("image"),
+        text=tower("text"),
+        embed_dim=saved.model.embed_dim,
+        logit_bias_init=saved.model.logit_bias_init,
+    )
+    return derived, str(tokenizer_copy) if tokenizer_copy.is_dir() else saved.data.tokenizer
 
 
 def _hf_config(path: Path) -> dict:
