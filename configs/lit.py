@@ -10,8 +10,9 @@ embedding size are read from there.
 `optim.freeze` locks the whole image tower, projection included: no gradients, no optimizer
 state, and no backward pass through it, so a step costs the image tower's forward and the text
 tower's training. The text tower is CLIP's (12 layers, width 512, OpenAI BPE). Learning rate,
-schedule, warmup (3% of the steps), clipping and temperature (10) as in big_vision's LiT config
-(`lit_coco.py`), whose batch and length fit COCO; scale both to your data.
+schedule, warmup (3% of the steps), clipping, temperature (10) and the weight-decay value 0.01
+as in big_vision's LiT config (`lit_coco.py`; vlx's AdamW scales the decay by the learning
+rate), whose batch and length fit COCO; scale both to your data.
 """
 
 import math
