@@ -216,8 +216,9 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     """
     progress = progress or NullProgress()
     workdir = Path(workdir)
+    latest = latest_checkpoint(workdir)
     if imports.derives_config(cfg.init_from):
-        imports.derive_config(cfg, resumed=workdir if latest_checkpoint(workdir) else None)
+        imports.derive_config(cfg, resumed=latest)
         config.validate(cfg)
     mesh = parallel.make_mesh(cfg.mesh)
     local_batch = parallel.batch_size_per_process(cfg.batch_size, mesh)
@@ -235,7 +236,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
         )
     )
     eval_sources = evals.open_sources(cfg)
-    start_from = find_start(cfg, workdir)
+    start_from = find_start(cfg, latest)
     if start_from.resume and start_from.step >= cfg.total_steps:
         log.info("the run in %s has already reached step %d", workdir, start_from.step)
         return finished_summary(workdir, start_from.step)
@@ -395,10 +396,10 @@ def latest_checkpoint(workdir: Path) -> tuple[Checkpointer, int] | None:
     return None
 
 
-def find_start(cfg, workdir: Path) -> Start:
-    """Refuses to resume a checkpoint of another model, and fails on an `init_from` without
+def find_start(cfg, latest: tuple[Checkpointer, int] | None) -> Start:
+    """Where the run starts: `latest`, the run's own latest checkpoint, else `init_from`.
+    Refuses to resume a checkpoint of another model, and fails on an `init_from` without
     one, before anything is built or written."""
-    latest = latest_checkpoint(workdir)
     if latest is not None:
         refuse_other_model(*latest, cfg)
         return Start(*latest, resume=True)

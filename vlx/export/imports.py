@@ -55,15 +55,17 @@ def parse(init_from: str) -> tuple[str, Path, tuple[str, ...]]:
     return fmt, Path(path), towers
 
 
-def derive_config(cfg, resumed: Path | None = None) -> None:
+def derive_config(cfg, resumed: tuple[checkpoint.Checkpointer, int] | None = None) -> None:
     """Sets the imported towers' model config (and, with the text tower, the tokenizer) from
-    the checkpoint's own config. `resumed`: the workdir of a run that resumes, whose config was
-    derived so when it started; it is taken from there, and the source need no longer exist."""
+    the checkpoint's own config. `resumed`: the latest checkpoint of a run that resumes, whose
+    config was derived so when it started; it is taken from there, and the source need no
+    longer exist."""
     source, towers = split_tower(cfg.init_from)
     if resumed is not None:
-        ckpt, step = checkpoint.find(resumed)
-        derived, tokenizer = _saved_towers(ckpt.saved_config(step), resumed / "tokenizer")
-        where = f"{resumed}, which started from {source}"
+        ckpt, step = resumed
+        workdir = ckpt.directory.parent
+        derived, tokenizer = _saved_towers(ckpt.saved_config(step), workdir / "tokenizer")
+        where = f"{workdir}, which started from {source}"
     elif is_pytorch(cfg.init_from):
         fmt, path, towers = parse(cfg.init_from)
         derived = _hf_config(path) if fmt == "hf" else _open_clip_config(path)
