@@ -8,10 +8,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from tests.helpers import with_vlx_on_path
 from tests.xla import cpu_flags
+from vlx import checkpoint
+from vlx.export import params
 from vlx.metrics import read_jsonl
 
 DEMO = [
@@ -63,7 +66,7 @@ def losses(workdir) -> dict[int, float]:
     }
 
 
-def test_two_processes_match_one_and_resume(tmp_path):
+def test_two_processes_match_one_resume_and_start_lit_from_it(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     ((code, out),) = finish(start(one, "--config.total_steps=6", processes=1, devices=8))
     assert code == 0, out
@@ -94,6 +97,26 @@ def test_two_processes_match_one_and_resume(tmp_path):
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(multi[step], rel=1e-6), step
+
+    # LiT from the one-process run's image tower, into unrolled layers sharded over both
+    # processes (fsdp=8): every process reads the tower and places its own shards.
+    lit = tmp_path / "lit"
+    args = [f"--config.init_from={one}#image", "--config.optim.freeze=image.*"]
+    args += ["--config.model.scan=false", "--config.mesh.data=1", "--config.mesh.fsdp=8"]
+    results = finish(start(lit, "--config.total_steps=2", "--config.evals={}", *args))
+    assert [c for c, _ in results] == [0, 0], results
+    assert f"initialised image from {one}#image (step 6)" in results[0][1]
+    source, started = (final_model(run) for run in (one, lit))
+    image = [k for k in source if k.startswith("image.")]
+    assert image and sorted(image) == sorted(k for k in started if k.startswith("image."))
+    for key in image:
+        np.testing.assert_array_equal(started[key], source[key], err_msg=key)
+
+
+def final_model(workdir) -> dict[str, np.ndarray]:
+    """The model at the last checkpoint of `workdir`, one array per layer."""
+    ckpt, step = checkpoint.find(workdir)
+    return params.flatten(ckpt.load_arrays(step, only=("model",))["model"])
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
