@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from tests.xla import cpu_flags
-from vlx import cli, config
+from vlx import cli, config, optim, train
 
 TINY = dict(
     seed=0,
@@ -31,6 +31,14 @@ def tiny_config(**updates):
     config.merge(cfg, updates, where="test")
     config.validate(cfg)
     return cfg
+
+
+def compiled_step(cfg, mesh):
+    """(fresh train state, its compiled train step)."""
+    tx, lr = optim.make(cfg.optim, cfg.total_steps)
+    state = train.create_state(cfg, mesh, eos_id=2, tx=tx)
+    step = train.make_train_step(cfg, mesh, state, lr)
+    return state, step.lower(state.arrays, train.abstract_batch(cfg, mesh)).compile()
 
 
 def cli_train(config_path, workdir, *overrides: str) -> int:

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from tests.export.helpers import zero_shot_predictions_agree
-from tests.helpers import cli_train, run_vlx, tiny_config
+from tests.helpers import cli_train, compiled_step, run_vlx, tiny_config
 from vlx import cli, optim, parallel, train
 from vlx.data import demo
 from vlx.data.tokenizer import load as load_tokenizer
@@ -19,14 +19,6 @@ def demo_batch(cfg, n, offset=0):
         [e["captions"][0] for e in examples]
     )
     return {"image": np.stack([e["image"] for e in examples]), "tokens": tokens}
-
-
-def compiled_step(cfg, mesh):
-    """(fresh train state, its compiled train step)."""
-    tx, lr = optim.make(cfg.optim, cfg.total_steps)
-    state = train.create_state(cfg, mesh, eos_id=2, tx=tx)
-    step = train.make_train_step(cfg, mesh, state, lr)
-    return state, step.lower(state.arrays, train.abstract_batch(cfg, mesh)).compile()
 
 
 def params_of(arrays):

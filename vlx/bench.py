@@ -108,7 +108,7 @@ def _vlx_step(cfg, *, block: bool):
         "compile_s": compile_s,
         "params": train.count_params(model, nnx.Param),
         "trained_params": train.count_params(model, state.trainable),
-        "frozen_towers": optim.frozen_towers(model, state.trainable),
+        "trained_names": optim.trained_names(model, state.trainable),
     }
     return step, info
 
@@ -152,7 +152,7 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
     devices = info["mesh"].size
     kind = jax.devices()[0].device_kind
     dtype = cfg.model.dtype
-    step_flops = flops.train_step(cfg.model, cfg.batch_size, frozen=info["frozen_towers"])
+    step_flops = flops.train_step(cfg.model, cfg.batch_size, trained=info["trained_names"])
     achieved = step_flops["total"] / step_s / devices
     peak, peak_source = flops.device_peak(kind, dtype), "table"
     if peak is None and jax.default_backend() == "cpu":

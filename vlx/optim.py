@@ -66,7 +66,7 @@ def frozen_paths(pattern: str, params: nnx.State) -> frozenset[tuple]:
     frozen, flat = [], list(nnx.to_flat_state(params))
     for path, variable in flat:
         key = ".".join(map(str, path))
-        hits = [regex.fullmatch(k) is not None for k in layer_keys(key, variable.shape)]
+        hits = [regex.fullmatch(k) is not None for k in _names(path, variable)]
         if all(hits):
             frozen.append(path)
         elif any(hits):
@@ -92,7 +92,17 @@ def trainable(frozen: frozenset[tuple]) -> nnx.filterlib.Filter:
     return nnx.All(nnx.Param, nnx.Not(nnx.filterlib.PathIn(*frozen))) if frozen else nnx.Param
 
 
+def trained_names(model: nnx.State, trainable: nnx.filterlib.Filter) -> frozenset[str]:
+    """The per-layer names (as `optim.freeze` matches them) of the trained parameters."""
+    flat = nnx.to_flat_state(nnx.state(model, trainable))
+    return frozenset(name for path, variable in flat for name in _names(path, variable))
+
+
 def frozen_towers(model: nnx.State, trainable: nnx.filterlib.Filter) -> tuple[str, ...]:
     """The towers (`image`, `text`) of which no parameter is trained."""
-    trained = nnx.to_pure_dict(nnx.state(model, trainable))
-    return tuple(t for t in ("image", "text") if not jax.tree.leaves(trained.get(t)))
+    trained = {name.partition(".")[0] for name in trained_names(model, trainable)}
+    return tuple(t for t in ("image", "text") if t not in trained)
+
+
+def _names(path: tuple, variable) -> list[str]:
+    return layer_keys(".".join(map(str, path)), variable.shape)
