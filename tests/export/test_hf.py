@@ -1,6 +1,9 @@
 """vlx -> transformers: the exported model gives vlx's embeddings and logits."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +12,7 @@ import transformers
 
 from tests.export.helpers import CAPTIONS, images, trained, vlx_outputs
 from tests.helpers import never
+from tests.xla import cpu_flags
 from vlx import cli, config, train
 from vlx.errors import ExportError
 from vlx.export import hf
@@ -78,3 +82,25 @@ def test_hf_style_lists_every_problem():
     message = str(e.value)
     for part in ("patch_bias=True", "logit_bias_init=-10.0", "end-of-text id is 2"):
         assert part in message
+
+
+def test_export_needs_no_pytorch(tmp_path):
+    """The `torch` extra is for loading an export, not for writing one: in a process where
+    torch and torchvision cannot be imported, `vlx export` writes the same bytes."""
+    workdir = trained(tmp_path, "clip_gelu")
+    no_torch = (
+        "import sys; sys.modules.update(torch=None, torchvision=None); "
+        "from vlx import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    env = {**os.environ, "XLA_FLAGS": cpu_flags(8)}
+    for fmt in ("hf", "open_clip"):
+        args = ["export", "--workdir", workdir, "--format", fmt, "--out"]
+        with_torch, without = tmp_path / f"{fmt}-torch", tmp_path / f"{fmt}-no-torch"
+        assert cli.main([*args, str(with_torch)]) == 0
+        cmd = [sys.executable, "-c", no_torch, *args, str(without)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        names = sorted(p.name for p in with_torch.iterdir())
+        assert names == sorted(p.name for p in without.iterdir()) and names
+        for name in names:
+            assert (with_torch / name).read_bytes() == (without / name).read_bytes(), name
