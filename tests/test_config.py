@@ -36,8 +36,10 @@ def test_overrides_are_typed():
             "--config.model.scan=false",
             "--config.model.image.pool=gap",
             "--config.evals.zeroshot.every_steps=7",
+            "--config.optim.lr_mults=(('image.*', 0.1), (r'text\\.proj\\..*', 2))",
         ],
     )
+    assert cfg.optim.lr_mults == (("image.*", 0.1), (r"text\.proj\..*", 2))
     assert cfg.batch_size == 64 and cfg.optim.lr == 1e-3 and cfg.model.scan is False
     assert cfg.model.image.pool == "gap" and cfg.evals.zeroshot.every_steps == 7
 
@@ -113,9 +115,11 @@ def test_templates_and_classnames_take_a_name_or_a_tuple():
         ("--config.evals.probe.l2=()", "evals.probe.l2=() must list one or more values"),
         ("--config.evals.probe.val_fraction=1.0", "must be between 0 and 1"),
         ("--config.evals.probe.num_examples=-1", "evals.probe.num_examples=-1 must be >= 0"),
+        ("--config.optim.lr_mults=('image.*', 0.1)", "optim.lr_mults: 'image.*' is not a pair"),
+        ("--config.optim.lr_mults=(('image[', 0.1),)", "'image[' is not a regular expression"),
     ],
 )
-def test_bad_evaluator_settings_are_refused_up_front(override, message):
+def test_bad_evaluator_and_optimizer_settings_are_refused_up_front(override, message):
     with pytest.raises(ConfigError, match=None) as e:
         config.load("configs/demo.py", [override])
     assert message in str(e.value)

@@ -10,6 +10,7 @@ from tests.helpers import cli_train, compiled_step, run_vlx, tiny_config
 from vlx import cli, optim, parallel, train
 from vlx.data import demo
 from vlx.data.tokenizer import load as load_tokenizer
+from vlx.export.params import flatten
 
 
 def demo_batch(cfg, n, offset=0):
@@ -185,6 +186,14 @@ def recompute_from_embeddings(saved, results):
         ("--config.optim.freeze=image[", "optim.freeze='image[' is not a regular expression"),
         ("--config.optim.freeze=img.*", "optim.freeze='img.*' matches no parameter; names look"),
         (
+            "--config.optim.lr_mults=(('img.*', 0.1),)",
+            "optim.lr_mults: 'img.*' matches no trained parameter; names look",
+        ),
+        (
+            "--config.optim.lr_mults=(('image.*', -1),)",
+            "optim.lr_mults: ('image.*', -1): the multiplier must be a number >= 0",
+        ),
+        (
             "--config.model.text.vocab_size=8",
             "vocab_size=8 is smaller than the vocabulary",
         ),
@@ -230,6 +239,37 @@ def test_patch_dropout_trains_with_and_without_microbatches():
     )
     micro, _ = run_steps(micro_cfg, mesh, batches)
     assert all(np.isfinite(micro)) and micro[0] != micro[1]
+
+
+def test_lr_mults_scale_each_update_by_the_first_matching_rule():
+    """AdamW's update (weight decay included) times the multiplier of the first rule that
+    matches, layer by layer inside a scanned encoder's stacked arrays."""
+    common = dict(batch_size=16, model=dict(scan=True))
+    plain = tiny_config(**common, optim=dict(grad_clip=0.0))
+    rules = ((r"image\.encoder\.blocks\.0\..*", 0.0), ("image.*", 0.5), (r"text\.proj\..*", 2.0))
+    scaled = tiny_config(**common, optim=dict(grad_clip=0.0, lr_mults=rules))
+    mesh = parallel.make_mesh(plain.mesh)
+    batch = parallel.global_batch(demo_batch(plain, 16), mesh)
+
+    def one_step(cfg):
+        state, step = compiled_step(cfg, mesh)
+        initial = params_of(state.arrays)
+        return initial, params_of(step(state.arrays, batch)[0])
+
+    initial, ref = one_step(plain)
+    _, after = one_step(scaled)
+    init, ref, after = (flatten(p) for p in (initial, ref, after))
+    for name in init:
+        mult = optim.lr_mult(rules, name)
+        moved = after[name] - init[name]
+        np.testing.assert_allclose(moved, mult * (ref[name] - init[name]), atol=1e-6, err_msg=name)
+        if mult == 0:
+            np.testing.assert_array_equal(after[name], init[name], err_msg=name)
+    assert optim.lr_mult(rules, "image.encoder.blocks.0.mlp.fc1.kernel") == 0.0
+    assert optim.lr_mult(rules, "image.encoder.blocks.1.mlp.fc1.kernel") == 0.5
+    assert optim.lr_mult(rules, "text.proj.kernel") == 2.0
+    assert optim.lr_mult(rules, "text.encoder.blocks.0.mlp.fc1.kernel") == 1.0
+    assert np.abs(ref["text.proj.kernel"] - init["text.proj.kernel"]).max() > 1e-4
 
 
 @pytest.mark.parametrize("microbatches", [1, 2])

@@ -111,6 +111,10 @@ def defaults() -> ml_collections.ConfigDict:
         # Parameters never trained: a regular expression over their per-layer names, e.g.
         # "image.*" to lock the image tower (LiT). No gradient, no optimizer state for them.
         freeze="",
+        # Learning-rate multipliers: (regular expression, multiplier) pairs over the same
+        # names; the first pattern that matches a parameter sets its multiplier (else 1), e.g.
+        # (("image.*", 0.1),) fine-tunes a pretrained image tower at a tenth of the rate.
+        lr_mults=(),
     )
 
     c.data = dict(
@@ -403,10 +407,27 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"optim.freeze={cfg.optim.freeze!r} is not a regular expression: {e}"
         ) from e
+    _validate_lr_mults(cfg.optim.lr_mults)
     if cfg.loss.impl == "ring" and cfg.loss.type != "sigmoid":
         raise ConfigError("loss.impl='ring' exists for loss.type='sigmoid' only")
     for name, e in cfg.evals.items():
         _validate_eval(f"evals.{name}", e)
+
+
+def _validate_lr_mults(rules) -> None:
+    for rule in rules:
+        fix = "give (regular expression, multiplier) pairs, e.g. (('image.*', 0.1),)"
+        if not (isinstance(rule, tuple | list) and len(rule) == 2 and isinstance(rule[0], str)):
+            raise ConfigError(f"optim.lr_mults: {rule!r} is not a pair; {fix}")
+        pattern, mult = rule
+        if isinstance(mult, bool) or not isinstance(mult, int | float) or mult < 0:
+            raise ConfigError(f"optim.lr_mults: {rule!r}: the multiplier must be a number >= 0")
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(
+                f"optim.lr_mults: {pattern!r} is not a regular expression: {e}"
+            ) from e
 
 
 def _validate_eval(key: str, e: ml_collections.ConfigDict) -> None:

@@ -1,11 +1,13 @@
 """AdamW with global-norm clipping, warmup + cosine (or constant) schedule, kernel-only decay,
-and the parameters it leaves alone (`optim.freeze`)."""
+per-parameter learning-rate multipliers (`optim.lr_mults`), and the parameters it leaves alone
+(`optim.freeze`)."""
 
 from __future__ import annotations
 
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -34,8 +36,7 @@ def decay_mask(params):
     position embeddings and the logit scale/bias are not decayed."""
 
     def is_kernel(path, _) -> bool:
-        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-        return bool(names) and names[-1] == "kernel"
+        return _dotted(path).split(".")[-1] == "kernel"
 
     return jax.tree_util.tree_map_with_path(is_kernel, params)
 
@@ -50,9 +51,45 @@ def make(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, opt
         weight_decay=optim_cfg.weight_decay,
         mask=decay_mask,
     )
+    if optim_cfg.lr_mults:
+        tx = optax.chain(tx, scale_by_lr_mults(optim_cfg.lr_mults))
     if optim_cfg.grad_clip:
         tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
     return tx, lr
+
+
+def lr_mult(rules, name: str) -> float:
+    """The multiplier of the parameter `name`: that of the first rule whose pattern matches it
+    in full, else 1."""
+    return next((float(m) for pattern, m in rules if re.fullmatch(pattern, name)), 1.0)
+
+
+def scale_by_lr_mults(rules) -> optax.GradientTransformation:
+    """Scales each parameter's update (AdamW's, weight decay included) by its `optim.lr_mults`
+    multiplier; a scanned encoder's stacked array is scaled layer by layer."""
+
+    def scale(path, update):
+        mults = [lr_mult(rules, name) for name in layer_keys(_dotted(path), update.shape)]
+        if len(set(mults)) == 1:
+            return update if mults[0] == 1.0 else update * mults[0]
+        per_layer = jnp.asarray(mults, update.dtype).reshape((-1,) + (1,) * (update.ndim - 1))
+        return update * per_layer
+
+    def update(updates, state, params=None):
+        return jax.tree_util.tree_map_with_path(scale, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def check_lr_mults(rules, trained: nnx.State) -> None:
+    """Refuses a rule whose pattern matches no trained parameter (a typo, or a frozen one)."""
+    names = [n for path, v in nnx.to_flat_state(trained) for n in _names(path, v)]
+    for pattern, _ in rules:
+        if not any(re.fullmatch(pattern, name) for name in names):
+            raise ConfigError(
+                f"optim.lr_mults: {pattern!r} matches no trained parameter; names look like "
+                "image.encoder.blocks.0.mlp.fc1.kernel, text.proj.kernel, logit_scale"
+            )
 
 
 def frozen_paths(pattern: str, params: nnx.State) -> frozenset[tuple]:
@@ -106,3 +143,8 @@ def frozen_towers(model: nnx.State, trainable: nnx.filterlib.Filter) -> tuple[st
 
 def _names(path: tuple, variable) -> list[str]:
     return layer_keys(".".join(map(str, path)), variable.shape)
+
+
+def _dotted(path) -> str:
+    """'image.encoder.blocks.attn.query.kernel': the name of a leaf of a parameter tree."""
+    return ".".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))

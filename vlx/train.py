@@ -53,7 +53,9 @@ def create_state(
         if tx is None:
             return {"model": model}
         frozen = optim.frozen_paths(cfg.optim.freeze, nnx.state(model, nnx.Param))
-        return {"model": model, "opt": nnx.Optimizer(model, tx, wrt=optim.trainable(frozen))}
+        trainable = optim.trainable(frozen)
+        optim.check_lr_mults(cfg.optim.lr_mults, nnx.state(model, trainable))
+        return {"model": model, "opt": nnx.Optimizer(model, tx, wrt=trainable)}
 
     def init():
         return {name: nnx.state(obj) for name, obj in create().items()}
