@@ -1,6 +1,7 @@
 """PyTorch -> vlx: init_from=hf:PATH / open_clip:PATH, whole models or one tower."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -152,3 +153,14 @@ def test_pickles_are_never_unpickled(tmp_path):
     torch.save({"evil": _Payload()}, path / "pytorch_model.bin")
     with pytest.raises(ExportError, match="pytorch_model.bin: not a plain tensor file"):
         imports.read_weights(path, ("model.safetensors", "pytorch_model.bin"))
+
+
+def test_a_pytorch_file_without_pytorch_is_a_one_line_error(tmp_path, monkeypatch):
+    torch.save({"w": torch.zeros(2)}, tmp_path / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where the torch extra is not installed
+    with pytest.raises(ExportError) as e:
+        imports.read_weights(tmp_path, ("model.safetensors", "pytorch_model.bin"))
+    assert str(e.value) == (
+        f"{tmp_path / 'pytorch_model.bin'} is a PyTorch file and PyTorch is not installed: "
+        "install the torch extra (pip install 'vlx[torch]'), or save the weights as .safetensors"
+    )

@@ -238,8 +238,13 @@ def read_weights(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
             from safetensors.numpy import load_file
 
             return load_file(str(file))
-        import torch  # the `torch` extra
-
+        try:
+            import torch  # the `torch` extra
+        except ImportError:
+            raise ExportError(
+                f"{file} is a PyTorch file and PyTorch is not installed: install the torch "
+                "extra (pip install 'vlx[torch]'), or save the weights as .safetensors"
+            ) from None
         try:
             state = torch.load(str(file), map_location="cpu", weights_only=True)
         except Exception as e:  # weights_only refuses anything but tensors and plain containers
