@@ -190,6 +190,11 @@ def recompute_from_embeddings(saved, results):
             "optim.lr_mults: 'img.*' matches no trained parameter; names look",
         ),
         (
+            "--config.optim.lr_mults=(('image.*', 0.3), ('image.proj.*', 0.1))",
+            "optim.lr_mults: every parameter 'image.proj.*' matches is taken by an earlier "
+            "pattern (the first match wins); put the narrower pattern first",
+        ),
+        (
             "--config.optim.lr_mults=(('image.*', -1),)",
             "optim.lr_mults: ('image.*', -1): the multiplier must be a number >= 0",
         ),

@@ -4,6 +4,8 @@ per-parameter learning-rate multipliers (`optim.lr_mults`), and the parameters i
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 
 import jax
@@ -13,6 +15,8 @@ from flax import nnx
 
 from vlx.errors import ConfigError
 from vlx.export.params import layer_keys
+
+log = logging.getLogger(__name__)
 
 
 def schedule(optim_cfg, total_steps: int) -> optax.Schedule:
@@ -61,7 +65,12 @@ def make(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, opt
 def lr_mult(rules, name: str) -> float:
     """The multiplier of the parameter `name`: that of the first rule whose pattern matches it
     in full, else 1."""
-    return next((float(m) for pattern, m in rules if re.fullmatch(pattern, name)), 1.0)
+    rule = _first_rule(rules, name)
+    return 1.0 if rule is None else float(rules[rule][1])
+
+
+def _first_rule(rules, name: str) -> int | None:
+    return next((i for i, (pattern, _) in enumerate(rules) if re.fullmatch(pattern, name)), None)
 
 
 def scale_by_lr_mults(rules) -> optax.GradientTransformation:
@@ -82,10 +91,28 @@ def scale_by_lr_mults(rules) -> optax.GradientTransformation:
 
 
 def check_lr_mults(rules, trained: nnx.State) -> None:
-    """Refuses a rule whose pattern matches no trained parameter (a typo, or a frozen one)."""
-    names = [n for path, v in nnx.to_flat_state(trained) for n in _names(path, v)]
-    for pattern, _ in rules:
-        if not any(re.fullmatch(pattern, name) for name in names):
+    """Refuses a rule that takes no trained parameter: one whose pattern matches none (a typo,
+    or frozen ones only), or whose matches all go to earlier rules (the first match wins), and
+    logs how many parameters each rule takes."""
+    sizes: dict[str, int] = {}
+    for path, variable in nnx.to_flat_state(trained):
+        names = _names(path, variable)
+        for name in names:
+            sizes[name] = math.prod(variable.shape) // len(names)
+    taken = [0] * len(rules)
+    for name, size in sizes.items():
+        rule = _first_rule(rules, name)
+        if rule is not None:
+            taken[rule] += size
+    for (pattern, mult), size in zip(rules, taken, strict=True):
+        if size:
+            log.info("optim.lr_mults: '%s' x%g takes %.2fM parameters", pattern, mult, size / 1e6)
+        elif any(re.fullmatch(pattern, name) for name in sizes):
+            raise ConfigError(
+                f"optim.lr_mults: every parameter {pattern!r} matches is taken by an earlier "
+                "pattern (the first match wins); put the narrower pattern first"
+            )
+        else:
             raise ConfigError(
                 f"optim.lr_mults: {pattern!r} matches no trained parameter; names look like "
                 "image.encoder.blocks.0.mlp.fc1.kernel, text.proj.kernel, logit_scale"

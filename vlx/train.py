@@ -53,15 +53,17 @@ def create_state(
         if tx is None:
             return {"model": model}
         frozen = optim.frozen_paths(cfg.optim.freeze, nnx.state(model, nnx.Param))
-        trainable = optim.trainable(frozen)
-        optim.check_lr_mults(cfg.optim.lr_mults, nnx.state(model, trainable))
-        return {"model": model, "opt": nnx.Optimizer(model, tx, wrt=trainable)}
+        return {"model": model, "opt": nnx.Optimizer(model, tx, wrt=optim.trainable(frozen))}
 
     def init():
         return {name: nnx.state(obj) for name, obj in create().items()}
 
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.RULES):
         abstract = nnx.eval_shape(create)
+        if tx is not None:
+            optim.check_lr_mults(
+                cfg.optim.lr_mults, nnx.state(abstract["model"], abstract["opt"].wrt)
+            )
         graphdefs, shardings = {}, {}
         for name, obj in abstract.items():
             graphdefs[name], abstract_state = nnx.split(obj)
