@@ -164,10 +164,13 @@ def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
 
 def test_scanned_checkpoints_restore_into_unrolled_layers_and_back(tmp_path):
     """`model.scan` stacks each encoder weight over layers; a checkpoint restores either way,
-    model and optimizer state, value for value, into the new model's shardings."""
+    model and optimizer state, value for value, into the new model's shardings (here from
+    replicated parameters onto parameters sharded over fsdp=4: each process reads its shards
+    in the stored layout and the devices convert them)."""
 
     def state(scan: bool, seed: int):
-        cfg = config(seed=seed, model=dict(scan=scan))
+        mesh = dict(data=2, fsdp=4) if seed == 0 else dict(data=8, fsdp=1)
+        cfg = config(seed=seed, model=dict(scan=scan), mesh=mesh)
         tx = optim.make(cfg.optim, cfg.total_steps)[0]
         return cfg, train.create_state(cfg, parallel.make_mesh(cfg.mesh), eos_id=1, tx=tx)
 

@@ -1,8 +1,9 @@
 """Orbax checkpoints in `WORKDIR/checkpoints/<step>/`: train state, data position, config.
 
 - `state`: model and optimizer arrays as NNX pure dicts; restored directly into the shardings of
-  whatever mesh the run uses now (a checkpoint from 8 devices restores onto 4, fsdp onto data),
-  or, when the encoders' layers are stored the other way (`model.scan`), converted on the host.
+  whatever mesh the run uses now (a checkpoint from 8 devices restores onto 4, fsdp onto data);
+  where the encoders' layers are stored the other way (`model.scan`), read sharded as stored
+  and converted on the devices.
 - `data`: the Grain iterator state right after the step's batch, and the data counters, so the
   resumed run reads exactly the batches the uninterrupted run would have read.
 - `config`: the config that wrote it; a model that does not match is refused by name.
@@ -119,20 +120,10 @@ class Checkpointer:
         same_layout = check_shapes(metadata, {n: arrays[n] for n in names}, where)
         if same_layout:
             target = _abstract({n: arrays[n] for n in names})
-            restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         else:
-            log.info(
-                "%s stores its layers the other way (model.scan); converting on the host", where
-            )
-            target, restore_args = _as_numpy({n: metadata[n] for n in names})
-        items = {
-            "state": ocp.args.PyTreeRestore(
-                target, restore_args=restore_args, partial_restore=only is not None
-            )
-        }
-        if only is None:
-            items["data"] = ocp.args.JsonRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            log.info("%s stores its layers the other way (model.scan); converting them", where)
+            target = {n: params.sharded_like(metadata[n], arrays[n]) for n in names}
+        restored = self._read(step, target, partial=only is not None, data=only is None)
         out = dict(arrays)
         for name in names:
             pure = restored["state"][name]
@@ -140,8 +131,22 @@ class Checkpointer:
                 out[name] = jax.tree.map(lambda x: x, arrays[name])
                 nnx.replace_by_pure_dict(out[name], pure)
             else:
-                out[name] = params.put(arrays[name], params.flatten(pure))
+                out[name] = params.relayout(arrays[name], pure)
         return out, (restored["data"] if not only else None)
+
+    def _read(self, step: int, target: dict, *, partial: bool, data: bool) -> dict:
+        """Reads the arrays of `target` (abstract, with shardings) of `step`, each process only
+        its own shards; `partial`: `target` holds only part of the saved state; `data`: the
+        data state too."""
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+        items = {
+            "state": ocp.args.PyTreeRestore(
+                target, restore_args=restore_args, partial_restore=partial
+            )
+        }
+        if data:
+            items["data"] = ocp.args.JsonRestore()
+        return self.manager.restore(step, args=ocp.args.Composite(**items))
 
     def load_arrays(self, step: int, only: tuple[str, ...] | None = None) -> dict:
         """The saved state of `step` (or its parts `only`) as nested dicts of numpy arrays (no
@@ -155,12 +160,13 @@ class Checkpointer:
 
     def load_towers(self, step: int, towers: tuple[str, ...], model: nnx.State) -> nnx.State:
         """`model` with the weights of `towers` (`image`, `text`) taken from the model saved at
-        `step`: read on the host, so either layer layout (`model.scan`) fits, and placed like
-        the arrays they replace."""
+        `step`, in either layer layout (`model.scan`), each placed like the array it
+        replaces; the rest of the checkpoint is not read."""
         metadata = self.manager.item_metadata(step)["state"]["model"]
         check_shapes(metadata, {t: model[t] for t in towers}, self.directory / str(step))
-        saved = self.load_arrays(step, only=("model",))["model"]
-        return params.put(model, params.flatten({t: saved[t] for t in towers}))
+        target = {"model": params.sharded_like({t: metadata[t] for t in towers}, model)}
+        restored = self._read(step, target, partial=True, data=False)
+        return params.relayout(model, restored["state"]["model"])
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
