@@ -196,12 +196,8 @@ def check_shapes(metadata, arrays: dict, where) -> bool:
             f"checkpoint {where} does not match the model and optimizer of this run "
             f"({len(problems)} arrays): {shown}"
         )
-    stored = {_path(p): tuple(getattr(x, "shape", ())) for p, x in _with_paths(saved)}
-    return all(stored.get(_path(p)) == tuple(x.shape) for p, x in _with_paths(target))
-
-
-def _with_paths(tree):
-    return jax.tree_util.tree_flatten_with_path(tree)[0]
+    stored = {k: tuple(getattr(x, "shape", ())) for k, x in params.leaves(saved).items()}
+    return all(stored.get(k) == tuple(x.shape) for k, x in params.leaves(target).items())
 
 
 def _as_numpy(metadata) -> tuple[dict, dict]:
@@ -209,11 +205,6 @@ def _as_numpy(metadata) -> tuple[dict, dict]:
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), dict(metadata))
     args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
     return target, args
-
-
-def _path(path) -> str:
-    """'opt/opt_state/1/0/mu/...': the same string for a list index and its stored dict key."""
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 # Model settings that change how the model runs, not its parameters: a run may resume with

@@ -18,8 +18,9 @@ from jax.sharding import PartitionSpec as P
 BLOCKS = ".encoder.blocks."
 
 
-def _leaves(tree) -> dict:
-    """{dotted key: leaf} of a nested tree of arrays (or shape structs, or array metadata)."""
+def leaves(tree) -> dict:
+    """{dotted key: leaf} of a nested tree of arrays (or shape structs, or array metadata); a
+    list index and a dict key give the same key."""
     return {_key(p): x for p, x in _with_paths(tree)}
 
 
@@ -50,12 +51,12 @@ def _per_layer(flat: dict, split) -> dict:
 
 def flatten(tree: dict) -> dict[str, np.ndarray]:
     """Nested dict of arrays -> {dotted key: numpy array}, scanned layers unstacked."""
-    return _per_layer({k: np.asarray(v) for k, v in _leaves(tree).items()}, list)
+    return _per_layer({k: np.asarray(v) for k, v in leaves(tree).items()}, list)
 
 
 def shapes(tree: dict) -> dict[str, tuple[int, ...]]:
     """Per-layer shapes of a nested dict of arrays, shape-dtype structs or array metadata."""
-    flat = {k: tuple(getattr(v, "shape", ())) for k, v in _leaves(tree).items()}
+    flat = {k: tuple(getattr(v, "shape", ())) for k, v in leaves(tree).items()}
     return _per_layer(flat, _layer_shapes)
 
 
@@ -77,7 +78,7 @@ def sharded_like(saved, state: nnx.State):
     encoders' layers the other way: a stacked array like its layers, its layer axis whole; one
     layer like its stacked array, without the layer axis. Orbax reads into these directly, each
     process only its own shards."""
-    shardings = {k: x.sharding for k, x in _leaves(nnx.to_pure_dict(state)).items()}
+    shardings = {k: x.sharding for k, x in leaves(nnx.to_pure_dict(state)).items()}
 
     def struct(path, meta):
         key = _key(path)
@@ -99,7 +100,7 @@ def relayout(state: nnx.State, saved) -> nnx.State:
     optimizer, read by `sharded_like`, its layers stacked or not) holds, converted to `state`'s
     layer layout in one program on the devices and placed like the array it replaces; the other
     arrays stay as they are. No process holds more than its shards."""
-    flat = _leaves(saved)
+    flat = leaves(saved)
     targets = _targets(state, _per_layer({k: x.shape for k, x in flat.items()}, _layer_shapes))
 
     def convert(flat):
@@ -119,7 +120,7 @@ def _targets(state: nnx.State, available) -> dict:
     """The arrays of `state` (by key) whose every layer `available` (per-layer keys) has."""
     return {
         key: x
-        for key, x in _leaves(nnx.to_pure_dict(state)).items()
+        for key, x in leaves(nnx.to_pure_dict(state)).items()
         if all(k in available for k in layer_keys(key, x.shape))
     }
 
