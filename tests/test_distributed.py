@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import with_vlx_on_path
 from tests.xla import cpu_flags
-from vlx import checkpoint
+from vlx import checkpoint, cli
 from vlx.export import params
 from vlx.metrics import read_jsonl
 
@@ -66,7 +66,7 @@ def losses(workdir) -> dict[int, float]:
     }
 
 
-def test_two_processes_match_one_resume_and_start_lit_from_it(tmp_path):
+def test_two_processes_match_one_resume_unrolled_and_start_lit_from_it(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     ((code, out),) = finish(start(one, "--config.total_steps=6", processes=1, devices=8))
     assert code == 0, out
@@ -83,29 +83,35 @@ def test_two_processes_match_one_resume_and_start_lit_from_it(tmp_path):
     assert final["zs/num_examples"] == 60 and final["zs/top1"] == ref["zs/top1"]
 
     # A crash after step 3's checkpoint: the last one is lost; the same run, started this time
-    # with launch/local.sh, resumes.
+    # with launch/local.sh and unrolled layers, resumes: each process reads its part of the
+    # scanned checkpoint and the devices convert it.
     shutil.rmtree(two / "checkpoints" / "6")
     logs = tmp_path / "logs"
     cmd = ["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(free_port()), "--"]
-    cmd += ["--workdir", str(two), *DEMO, "--config.total_steps=6"]
+    cmd += ["--workdir", str(two), *DEMO, "--config.total_steps=6", "--config.model.scan=false"]
     env = with_vlx_on_path({**os.environ, "XLA_FLAGS": cpu_flags(4), "LOG_DIR": str(logs)})
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "resuming from the checkpoint of step 3" in done.stdout + done.stderr
+    assert "stores its layers the other way" in done.stdout + done.stderr
     assert (logs / "process_1.log").is_file()
     resumed = losses(two)
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     for step in (4, 5, 6):
         assert resumed[step] == pytest.approx(multi[step], rel=1e-6), step
 
-    # LiT from the one-process run's image tower, into unrolled layers sharded over both
-    # processes (fsdp=8): every process reads the tower and places its own shards.
-    lit = tmp_path / "lit"
-    args = [f"--config.init_from={one}#image", "--config.optim.freeze=image.*"]
+    # LiT from the one-process run's image tower exported to transformers (safetensors, no
+    # PyTorch needed), into unrolled layers sharded over both processes (fsdp=8): every process
+    # reads the file and places its own shards.
+    exported, lit = tmp_path / "hf", tmp_path / "lit"
+    assert (
+        cli.main(["export", "--workdir", str(one), "--format", "hf", "--out", str(exported)]) == 0
+    )
+    args = [f"--config.init_from=hf:{exported}#image", "--config.optim.freeze=image.*"]
     args += ["--config.model.scan=false", "--config.mesh.data=1", "--config.mesh.fsdp=8"]
     results = finish(start(lit, "--config.total_steps=2", "--config.evals={}", *args))
     assert [c for c, _ in results] == [0, 0], results
-    assert f"initialised image from {one}#image (step 6)" in results[0][1]
+    assert f"initialised image from {exported}" in results[0][1]
     source, started = (final_model(run) for run in (one, lit))
     image = [k for k in source if k.startswith("image.")]
     assert image and sorted(image) == sorted(k for k in started if k.startswith("image."))
