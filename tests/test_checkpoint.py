@@ -47,13 +47,24 @@ class StopAt:
         return self.calls >= self.step
 
 
-def test_stopped_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path):
+def test_stopped_and_resumed_run_equals_uninterrupted_run_bitwise(tmp_path, monkeypatch):
     cfg = config()
     train.train(cfg, tmp_path / "a")
     summary = train.train(cfg, tmp_path / "b", stop=StopAt(4))
     assert summary["stopped"] == 4
     assert [s for s, _ in losses(tmp_path / "b")] == [1, 2, 3, 4]
+    created = []
+
+    def create_state(*args, **kwargs):
+        state = build(*args, **kwargs)
+        created.append(jax.tree.leaves(state.arrays))
+        return state
+
+    build = train.create_state
+    monkeypatch.setattr(train, "create_state", create_state)
     train.train(cfg, tmp_path / "b")  # resumes from step 4
+    # The resume never initialised a model: its state was shapes until the checkpoint filled it.
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in created[0]) and created[0]
     assert losses(tmp_path / "b") == losses(tmp_path / "a")  # exact, including data order
     (sa, pa), (sb, pb) = final_params(tmp_path / "a"), final_params(tmp_path / "b")
     assert sa == sb == 8

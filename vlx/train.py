@@ -42,11 +42,18 @@ class TrainState:
 
 
 def create_state(
-    cfg, mesh, *, eos_id: int | None, tx: optax.GradientTransformation | None
+    cfg,
+    mesh,
+    *,
+    eos_id: int | None,
+    tx: optax.GradientTransformation | None,
+    abstract: bool = False,
 ) -> TrainState:
     """Model and optimizer state, created already sharded: no array is ever whole on one device.
 
-    With `tx=None`, the model alone (for evaluation)."""
+    With `tx=None`, the model alone (for evaluation). `abstract`: the arrays are only shapes,
+    dtypes and shardings (nothing is initialised or allocated), for a checkpoint restore that
+    fills every one of them."""
 
     def create():
         model = TwoTower(cfg.model, eos_id=eos_id, rngs=nnx.Rngs(params=cfg.seed))
@@ -59,19 +66,22 @@ def create_state(
         return {name: nnx.state(obj) for name, obj in create().items()}
 
     with jax.set_mesh(mesh), nnx.logical_axis_rules(parallel.RULES):
-        abstract = nnx.eval_shape(create)
+        shapes = nnx.eval_shape(create)
         if tx is not None:
-            optim.check_lr_mults(
-                cfg.optim.lr_mults, nnx.state(abstract["model"], abstract["opt"].wrt)
-            )
-        graphdefs, shardings = {}, {}
-        for name, obj in abstract.items():
+            optim.check_lr_mults(cfg.optim.lr_mults, nnx.state(shapes["model"], shapes["opt"].wrt))
+        graphdefs, shardings, structs = {}, {}, {}
+        for name, obj in shapes.items():
             graphdefs[name], abstract_state = nnx.split(obj)
             shardings[name] = nnx.get_named_sharding(abstract_state, mesh)
-        arrays = jax.jit(init, out_shardings=shardings)()
+            structs[name] = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                abstract_state,
+                shardings[name],
+            )
+        arrays = structs if abstract else jax.jit(init, out_shardings=shardings)()
     if tx is None:
         return TrainState(graphdefs, arrays, shardings)
-    return TrainState(graphdefs, arrays, shardings, trainable=abstract["opt"].wrt)
+    return TrainState(graphdefs, arrays, shardings, trainable=shapes["opt"].wrt)
 
 
 def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -> Callable:
@@ -250,7 +260,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
         tok.save(workdir / "tokenizer")
 
     tx, lr_schedule = optim.make(cfg.optim, cfg.total_steps)
-    state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=tx)
+    state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=tx, abstract=start_from.resume)
     arrays, start, data_state = restore_or_init(cfg, start_from, state)
     n_params = count_params(arrays["model"], nnx.Param)
     n_trained = count_params(arrays["model"], state.trainable)
@@ -512,6 +522,6 @@ def open_run(workdir: str | Path, step: int | None = None, overrides=()) -> Save
 def load_trained(run: SavedRun) -> Trained:
     """`run`'s model restored onto the mesh of its config."""
     mesh = parallel.make_mesh(run.cfg.mesh)
-    state = create_state(run.cfg, mesh, eos_id=run.tokenizer.eos_id, tx=None)
+    state = create_state(run.cfg, mesh, eos_id=run.tokenizer.eos_id, tx=None, abstract=True)
     arrays, _ = run.checkpointer.restore(run.step, state.arrays, only=("model",))
     return Trained(run.cfg, run.step, mesh, run.tokenizer, state, arrays["model"])
