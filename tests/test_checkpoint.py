@@ -166,10 +166,12 @@ def test_resuming_another_model_is_refused_before_anything_is_built_or_written(
     with pytest.raises(CheckpointError, match="no complete checkpoint found at"):
         train.train(config(init_from=str(tmp_path / "nope")), tmp_path / "ft")
 
-    # How the model runs may change: more remat, bfloat16 compute, patch dropout, no scan.
+    # How the model runs may change: more remat, bfloat16 compute, patch dropout, no scan; so
+    # may clipping and learning-rate multipliers (the optimizer state keeps its layout).
     monkeypatch.setattr(train, "create_state", build_model)
     runtime = dict(remat="full", dtype="bfloat16", scan=False, image=dict(patch_dropout=0.5))
-    summary = train.train(config(total_steps=4, model=runtime), run)
+    optimizer = dict(grad_clip=0.0, lr_mults=(("image.*", 0.5),))
+    summary = train.train(config(total_steps=4, model=runtime, optim=optimizer), run)
     assert summary["step"] == 4 and losses(run)[-1][0] == 4
 
 

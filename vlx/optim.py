@@ -47,7 +47,7 @@ def decay_mask(params):
 
 def make(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     lr = schedule(optim_cfg, total_steps)
-    tx = optax.adamw(
+    adamw = optax.adamw(
         lr,
         b1=optim_cfg.b1,
         b2=optim_cfg.b2,
@@ -55,10 +55,15 @@ def make(optim_cfg, total_steps: int) -> tuple[optax.GradientTransformation, opt
         weight_decay=optim_cfg.weight_decay,
         mask=decay_mask,
     )
-    if optim_cfg.lr_mults:
-        tx = optax.chain(tx, scale_by_lr_mults(optim_cfg.lr_mults))
-    if optim_cfg.grad_clip:
-        tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
+    clip = optim_cfg.grad_clip
+    # The same chain whatever the settings (the stateless steps become identities), so the
+    # optimizer state, and a checkpoint of it, keeps its layout when a resumed run turns
+    # clipping or learning-rate multipliers on or off.
+    tx = optax.chain(
+        optax.clip_by_global_norm(clip) if clip else optax.identity(),
+        adamw,
+        scale_by_lr_mults(optim_cfg.lr_mults),
+    )
     return tx, lr
 
 
@@ -78,6 +83,8 @@ def scale_by_lr_mults(rules) -> optax.GradientTransformation:
     multiplier; a scanned encoder's stacked array is scaled layer by layer."""
 
     def scale(path, update):
+        if not rules:
+            return update
         mults = [lr_mult(rules, name) for name in layer_keys(_dotted(path), update.shape)]
         if len(set(mults)) == 1:
             return update if mults[0] == 1.0 else update * mults[0]
