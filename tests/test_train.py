@@ -7,7 +7,7 @@ from flax import nnx
 
 from tests.export.helpers import zero_shot_predictions_agree
 from tests.helpers import cli_train, compiled_step, run_vlx, tiny_config
-from vlx import cli, optim, parallel, train
+from vlx import cli, flops, optim, parallel, train
 from vlx.data import demo
 from vlx.data.tokenizer import load as load_tokenizer
 from vlx.export.params import flatten
@@ -114,7 +114,9 @@ def test_demo_trains_from_the_cli(tmp_path):
         "train/grad_norm",
         "train/lr",
         "train/images_per_sec",
+        "train/tflops_per_device",
     } <= set(records[1])
+    assert "train/mfu" not in records[1]  # a CPU has no peak in the table
     assert list((workdir / "tensorboard").iterdir())
     assert (workdir / "tokenizer" / "tokenizer.json").exists()
 
@@ -147,6 +149,32 @@ def test_demo_trains_from_the_cli(tmp_path):
 
     # Exported to transformers and open_clip, the model predicts exactly what vlx predicts.
     assert zero_shot_predictions_agree(workdir, tmp_path) > 0.8
+
+
+def test_training_logs_the_achieved_tflops_and_mfu_of_the_analytic_count(tmp_path, monkeypatch):
+    """Each logged step carries TFLOP/s per device by `vlx.flops`' count of the step, frozen
+    parameters accounted for, and MFU where the device's peak is known (a stand-in peak here:
+    a CPU has none in the table). On CPU the backend reports no device memory."""
+    monkeypatch.setattr(flops, "device_peak", lambda kind, dtype: 5e9)
+    cfg = tiny_config(total_steps=4, log_every=2, evals={}, optim=dict(freeze="text.*"))
+    train.train(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+
+    mesh = parallel.make_mesh(cfg.mesh)
+    state = train.create_state(cfg, mesh, eos_id=2, tx=optim.make(cfg.optim, 4)[0], abstract=True)
+    trained = optim.trained_names(state.arrays["model"], state.trainable)
+    assert trained and not any(name.startswith("text.") for name in trained)
+    expected = flops.train_step(cfg.model, cfg.batch_size, trained=trained)["total"]
+    assert expected < flops.train_step(cfg.model, cfg.batch_size)["total"]
+    assert records[0]["step"] == 0 and records[0]["train/gflops_per_step"] * 1e9 == expected
+
+    logged = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in logged] == [2, 4]
+    for r in logged:
+        achieved = expected * r["train/images_per_sec"] / cfg.batch_size / mesh.size
+        assert r["train/tflops_per_device"] * 1e12 == pytest.approx(achieved, rel=1e-9)
+        assert r["train/mfu"] == pytest.approx(achieved / 5e9, rel=1e-9)
+        assert "train/peak_memory_gb" not in r
 
 
 def recompute_from_embeddings(saved, results):

@@ -148,17 +148,17 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
     import numpy as np
 
     from vlx import flops
+    from vlx.metrics import peak_memory_gb
 
     devices = info["mesh"].size
     kind = jax.devices()[0].device_kind
     dtype = cfg.model.dtype
     step_flops = flops.train_step(cfg.model, cfg.batch_size, trained=info["trained_names"])
-    achieved = step_flops["total"] / step_s / devices
     peak, peak_source = flops.device_peak(kind, dtype), "table"
     if peak is None and jax.default_backend() == "cpu":
         peak, peak_source = cpu_matmul_peak(dtype) / devices, "measured matmul (host / devices)"
-    stats = jax.local_devices()[0].memory_stats() or {}
-    peak_bytes = stats.get("peak_bytes_in_use")
+    used = flops.utilization(step_flops["total"], step_s, devices, peak)
+    memory = peak_memory_gb()
     return {
         "backend": jax.default_backend(),
         "device_kind": kind,
@@ -175,11 +175,11 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
         "images_per_s_per_device": round(cfg.batch_size / step_s / devices, 1),
         "gflops_per_step": round(step_flops["total"] / 1e9, 1),
         "gflops_per_step_parts": {k: round(v / 1e9, 1) for k, v in step_flops.items()},
-        "tflops_per_device": round(achieved / 1e12, 3),
+        "tflops_per_device": round(used["tflops_per_device"], 3),
         "peak_tflops_per_device": round(peak / 1e12, 3) if peak else None,
         "peak_source": peak_source if peak else None,
-        "mfu": round(achieved / peak, 4) if peak else None,
-        "peak_memory_gb": round(peak_bytes / 2**30, 2) if peak_bytes else None,
+        "mfu": round(used["mfu"], 4) if peak else None,
+        "peak_memory_gb": round(memory, 2) if memory else None,
         "loss": float(np.asarray(metrics["loss"])),
     }
 

@@ -150,6 +150,16 @@ PEAKS: dict[str, dict[str, float]] = {
 }
 
 
+def utilization(step_flops: float, step_s: float, devices: int, peak: float | None) -> dict:
+    """Achieved TFLOP/s per device of a step of `step_flops` that took `step_s` seconds on
+    `devices` devices, and MFU where the device's `peak` FLOP/s is known."""
+    achieved = step_flops / step_s / devices
+    out = {"tflops_per_device": achieved / 1e12}
+    if peak:
+        out["mfu"] = achieved / peak
+    return out
+
+
 def device_peak(device_kind: str, dtype: str) -> float | None:
     """The peak of a device by its `device_kind` (longest matching name), or None."""
     kind = device_kind.lower()

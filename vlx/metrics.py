@@ -21,6 +21,14 @@ def _plain(value):
     return value
 
 
+def peak_memory_gb() -> float | None:
+    """The largest peak memory of this process's devices in GiB, where the backend reports it
+    (GPUs and TPUs; not CPUs)."""
+    peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+    peaks = [p for p in peaks if p]
+    return max(peaks) / 2**30 if peaks else None
+
+
 def _summary_writer(logdir: Path):
     """tensorboardX's SummaryWriter, imported without PyTorch.
 
@@ -112,7 +120,7 @@ class Progress:
         self.bar.update(step - self.bar.n)
         if metrics:
             shown = {}
-            for key in ("train/loss", "train/i2t_acc", "train/images_per_sec"):
+            for key in ("train/loss", "train/i2t_acc", "train/images_per_sec", "train/mfu"):
                 if key in metrics:
                     shown[key.split("/")[-1]] = f"{float(metrics[key]):.4g}"
             self.bar.set_postfix(shown, refresh=False)

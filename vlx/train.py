@@ -17,7 +17,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from vlx import checkpoint as checkpoint_lib
-from vlx import config, evals, losses, optim, parallel
+from vlx import config, evals, flops, losses, optim, parallel
 from vlx.checkpoint import Checkpointer
 from vlx.data import pipeline
 from vlx.data import tokenizer as tokenizer_lib
@@ -25,7 +25,7 @@ from vlx.data.transforms import normalize
 from vlx.errors import CheckpointError, ConfigError, DataError, TrainingError
 from vlx.evals.common import EvalContext
 from vlx.export import imports
-from vlx.metrics import MetricWriter, NullProgress
+from vlx.metrics import MetricWriter, NullProgress, peak_memory_gb
 from vlx.models.two_tower import TwoTower
 
 log = logging.getLogger(__name__)
@@ -266,6 +266,9 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     n_trained = count_params(arrays["model"], state.trainable)
     frozen = f", {(n_params - n_trained) / 1e6:.2f}M frozen" if n_trained < n_params else ""
     log.info("model: %.2fM parameters%s; mesh %s", n_params / 1e6, frozen, dict(mesh.shape))
+    trained = optim.trained_names(arrays["model"], state.trainable)
+    step_flops = flops.train_step(cfg.model, cfg.batch_size, trained=trained)["total"]
+    peak = flops.device_peak(jax.devices()[0].device_kind, cfg.model.dtype)
 
     t0 = time.perf_counter()
     step_fn = make_train_step(cfg, mesh, state, lr_schedule)
@@ -286,6 +289,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                 "train/compile_sec": compile_sec,
                 "train/num_params": n_params,
                 "train/num_trained_params": n_trained,
+                "train/gflops_per_step": step_flops / 1e9,
             },
         )
     ckpt = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
@@ -327,9 +331,15 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                 metrics = {f"train/{k}": float(v) for k, v in host.items() if k != "nonfinite"}
                 now = time.perf_counter()
                 images_per_sec = (step - step_log) * cfg.batch_size / (now - t_log)
+                used = flops.utilization(
+                    (step - step_log) * step_flops, now - t_log, mesh.size, peak
+                )
                 t_log, step_log = now, step
                 metrics["train/images_per_sec"] = images_per_sec
                 metrics["train/images_per_sec_per_device"] = images_per_sec / mesh.size
+                metrics.update({f"train/{k}": v for k, v in used.items()})
+                if (memory := peak_memory_gb()) is not None:
+                    metrics["train/peak_memory_gb"] = memory
                 metrics["data/truncated"] = counts["truncated"]
                 metrics["data/skipped"] = counts["skipped"]
                 if cfg.skip_nonfinite:
@@ -346,7 +356,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                     f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
                 )
                 last.update(results)
-                t_log = time.perf_counter()
+                t_log, step_log = time.perf_counter(), step
             if saving:
                 data = {
                     "iterator": iterator_state,
