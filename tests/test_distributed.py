@@ -83,17 +83,20 @@ def test_two_processes_match_one_resume_unrolled_and_start_lit_from_it(tmp_path)
     assert final["zs/num_examples"] == 60 and final["zs/top1"] == ref["zs/top1"]
 
     # A crash after step 3's checkpoint: the last one is lost; the same run, started this time
-    # with launch/local.sh and unrolled layers, resumes: each process reads its part of the
-    # scanned checkpoint and the devices convert it.
+    # with launch/local.sh, unrolled layers and the parameters sharded over both processes
+    # (fsdp=8), resumes: each process reads its part of the scanned checkpoint and the devices
+    # convert it.
     shutil.rmtree(two / "checkpoints" / "6")
     logs = tmp_path / "logs"
     cmd = ["bash", "launch/local.sh", "-n", "2", "-d", "4", "-p", str(free_port()), "--"]
     cmd += ["--workdir", str(two), *DEMO, "--config.total_steps=6", "--config.model.scan=false"]
+    cmd += ["--config.mesh.data=1", "--config.mesh.fsdp=8"]
     env = with_vlx_on_path({**os.environ, "XLA_FLAGS": cpu_flags(4), "LOG_DIR": str(logs)})
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "resuming from the checkpoint of step 3" in done.stdout + done.stderr
     assert "stores its layers the other way" in done.stdout + done.stderr
+    assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in done.stdout + done.stderr
     assert (logs / "process_1.log").is_file()
     resumed = losses(two)
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
