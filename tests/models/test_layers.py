@@ -1,15 +1,19 @@
 import functools
+import re
+from collections import Counter
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax._src.cudnn import fused_attention_stablehlo
 
 from tests.helpers import tiny_config
-from vlx import parallel
+from vlx import config as vlx_config
+from vlx import optim, parallel, train
 from vlx.errors import ConfigError
-from vlx.models import layers
+from vlx.models import layers, variants
 
 
 def _qkvw(t: int, s: int, dtype=jnp.float32):
@@ -119,6 +123,51 @@ def test_cudnn_attention_matches_float32_xla_attention(t, causal):
 
     for got, ref in zip(grads("cudnn"), grads("xla"), strict=True):
         assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-2
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        lambda: tiny_config(model=dict(attention="cudnn", dtype="bfloat16", scan=True)),
+        lambda: vlx_config.load(  # as launch/bench_gpu.sh runs it
+            "configs/clip_vit_b16.py",
+            [
+                "--config.model.scan=false",
+                "--config.batch_size=256",
+                "--config.model.attention=cudnn",
+            ],
+        ),
+    ],
+    ids=["tiny-scanned", "clip_vit_b16-unrolled"],
+)
+def test_cudnn_train_step_lowers_for_an_h100_on_a_cpu(cfg, monkeypatch):
+    """The GPU path, checked where there is no GPU: the train step with `model.attention=
+    'cudnn'` traces and lowers for CUDA (JAX checks cuDNN's shape, dtype, layout and mask
+    constraints as it does), with cuDNN flash attention forward and backward in every block of
+    both towers: the image's padded (197 tokens to 208 at B/16), the text's causal, and the
+    pruned last blocks' one query (padded to 16), the text's masked by key lengths. JAX asks
+    the installed cuDNN for its version and the GPU for its compute capability; a CPU has
+    neither, so the test answers as cuDNN 9.8 on an H100 would."""
+    monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 90800)
+    monkeypatch.setattr(
+        fused_attention_stablehlo,
+        "check_compute_capability",
+        lambda capability: tuple(map(int, capability.split("."))) <= (9, 0),
+    )
+    cfg = cfg()
+    mesh = parallel.make_mesh(cfg.mesh)
+    tx, lr = optim.make(cfg.optim, cfg.total_steps)
+    state = train.create_state(cfg, mesh, eos_id=2, tx=tx, abstract=True)
+    step = train.make_train_step(cfg, mesh, state, lr)
+    traced = step.trace(state.arrays, train.abstract_batch(cfg, mesh))
+    traced.lower(lowering_platforms=("cuda",))
+    calls = re.findall(
+        r"dot_product_attention_(fwd|bwd)_wrapper\[[^\]]*?mask_type=MaskType\.(\w+)",
+        str(traced.jaxpr),
+    )
+    image, text = (variants.resolve(t, where="").depth for t in (cfg.model.image, cfg.model.text))
+    blocks = {"PADDING": image + 1, "PADDING_CAUSAL": text - 1}  # + 1: the pruned text block
+    assert Counter(calls) == {(d, m): n for d in ("fwd", "bwd") for m, n in blocks.items()}
 
 
 @pytest.mark.parametrize(
