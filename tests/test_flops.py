@@ -89,3 +89,27 @@ def test_analytic_flops_of_a_partly_frozen_step_track_what_xla_compiles(freeze):
     2% here) is mostly the input gradient of the first trained layer, which XLA does not
     compute and the count includes, as the usual 3x does for a whole model."""
     assert flops_ratio(freeze) == pytest.approx(flops_ratio(""), rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "kind,peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA GH200 480GB", 989e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA L40S", 362e12),
+        ("NVIDIA L40", 181e12),
+        ("NVIDIA L4", 121e12),
+        ("TPU v4", 275e12),
+        ("TPU v5 lite", 197e12),
+        ("TPU v5", 459e12),
+        ("TPU v6 lite", 918e12),
+        ("NVIDIA GeForce RTX 4090", None),
+        ("cpu", None),
+    ],
+)
+def test_device_peaks_are_found_by_the_longest_whole_name_in_the_device_kind(kind, peak):
+    assert flops.device_peak(kind, "bfloat16") == peak

@@ -10,6 +10,7 @@ useful work. Frozen parameters (`optim.freeze`) count only the backward work the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 
 from vlx.models import variants
@@ -135,10 +136,18 @@ def train_step(
     return out
 
 
-# Dense peak FLOP/s per device (bfloat16; float32 where marked) from vendors' data sheets.
+# Dense peak FLOP/s per device (bfloat16; float32 where marked) from vendors' data sheets,
+# keyed by a part of `device_kind` (CUDA's device name on GPUs: "NVIDIA H100 80GB HBM3").
 PEAKS: dict[str, dict[str, float]] = {
     "h100": {"bfloat16": 989e12, "float32": 67e12},  # SXM; tf32 tensor cores: 494e12
+    "h100 pcie": {"bfloat16": 756e12, "float32": 51e12},
+    "h100 nvl": {"bfloat16": 835e12, "float32": 60e12},
+    "gh200": {"bfloat16": 989e12, "float32": 67e12},
     "h200": {"bfloat16": 989e12, "float32": 67e12},
+    "h200 nvl": {"bfloat16": 835e12, "float32": 60e12},
+    "l40s": {"bfloat16": 362e12, "float32": 91.6e12},
+    "l40": {"bfloat16": 181e12, "float32": 90.5e12},
+    "l4": {"bfloat16": 121e12, "float32": 30.3e12},
     "a100": {"bfloat16": 312e12, "float32": 19.5e12},
     "tpu v4": {"bfloat16": 275e12, "float32": 275e12 / 2},
     "tpu v5 lite": {"bfloat16": 197e12, "float32": 197e12 / 2},  # v5e
@@ -161,9 +170,10 @@ def utilization(step_flops: float, step_s: float, devices: int, peak: float | No
 
 
 def device_peak(device_kind: str, dtype: str) -> float | None:
-    """The peak of a device by its `device_kind` (longest matching name), or None."""
+    """The peak of a device by its `device_kind`: the longest name in `PEAKS` found in it as
+    whole words ("l4" is not in "NVIDIA L40S"), or None."""
     kind = device_kind.lower()
     for name in sorted(PEAKS, key=len, reverse=True):
-        if name in kind:
+        if re.search(rf"(?<![a-z0-9]){re.escape(name)}(?![a-z0-9])", kind):
             return PEAKS[name][dtype]
     return None
