@@ -110,9 +110,11 @@ class Checkpointer:
         """Restores `step` into the shapes and shardings of `arrays` (real or abstract).
 
         Returns (arrays, data state). `only=('model',)` restores the model and keeps the rest of
-        `arrays` as given (fine-tuning starts). A checkpoint whose encoders store their layers
-        the other way (stacked by `model.scan`, or one array per layer) is read to the host and
-        converted; otherwise arrays are read straight into their shardings.
+        `arrays` as given (fine-tuning starts). Arrays are read straight into their shardings,
+        each process only its shards. A checkpoint whose encoders store their layers the other
+        way (stacked by `model.scan`, or one array per layer) is read so too, sharded as stored,
+        and converted on the devices (`params.relayout`), one part (model, optimizer) at a time,
+        each part's read arrays released once converted.
         """
         names = tuple(n for n in arrays if only is None or n in only)
         metadata = self.manager.item_metadata(step)["state"]
@@ -126,7 +128,7 @@ class Checkpointer:
         restored = self._read(step, target, partial=only is not None, data=only is None)
         out = dict(arrays)
         for name in names:
-            pure = restored["state"][name]
+            pure = restored["state"].pop(name)
             if same_layout:
                 out[name] = jax.tree.map(lambda x: x, arrays[name])
                 nnx.replace_by_pure_dict(out[name], pure)
