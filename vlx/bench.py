@@ -80,7 +80,6 @@ def _vlx_step(cfg, *, block: bool):
     runs one step (waiting for it when `block`) and returns its metrics; `info` has the mesh,
     the compile time and the parameter count."""
     import jax
-    from flax import nnx
 
     from vlx import optim, parallel, train
 
@@ -102,13 +101,10 @@ def _vlx_step(cfg, *, block: bool):
             jax.block_until_ready((carry["arrays"], metrics))
         return metrics
 
-    model = state.arrays["model"]
     info = {
         "mesh": mesh,
         "compile_s": compile_s,
-        "params": train.count_params(model, nnx.Param),
-        "trained_params": train.count_params(model, state.trainable),
-        "trained_names": optim.trained_names(model, state.trainable),
+        **train.size_and_flops(cfg, state.arrays["model"], state.trainable),
     }
     return step, info
 
@@ -153,7 +149,7 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
     devices = info["mesh"].size
     kind = jax.devices()[0].device_kind
     dtype = cfg.model.dtype
-    step_flops = flops.train_step(cfg.model, cfg.batch_size, trained=info["trained_names"])
+    step_flops = info["step_flops"]
     peak, peak_source = flops.device_peak(kind, dtype), "table"
     if peak is None and jax.default_backend() == "cpu":
         peak, peak_source = cpu_matmul_peak(dtype) / devices, "measured matmul (host / devices)"

@@ -191,6 +191,17 @@ def count_params(model_state: nnx.State, which: nnx.filterlib.Filter) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model_state, which)))
 
 
+def size_and_flops(cfg, model_state: nnx.State, trainable: nnx.filterlib.Filter) -> dict:
+    """The model's parameter count, how many of them train, and `vlx.flops`' count of a
+    training step (per tower and in total) with those trained."""
+    trained = optim.trained_names(model_state, trainable)
+    return {
+        "params": count_params(model_state, nnx.Param),
+        "trained_params": count_params(model_state, trainable),
+        "step_flops": flops.train_step(cfg.model, cfg.batch_size, trained=trained),
+    }
+
+
 def abstract_batch(cfg, mesh) -> dict[str, jax.ShapeDtypeStruct]:
     sharding = parallel.batch_sharding(mesh)
     b, s, length = cfg.batch_size, cfg.model.image.image_size, cfg.model.text.context_length
@@ -262,12 +273,11 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     tx, lr_schedule = optim.make(cfg.optim, cfg.total_steps)
     state = create_state(cfg, mesh, eos_id=tok.eos_id, tx=tx, abstract=start_from.resume)
     arrays, start, data_state = restore_or_init(cfg, start_from, state)
-    n_params = count_params(arrays["model"], nnx.Param)
-    n_trained = count_params(arrays["model"], state.trainable)
+    size = size_and_flops(cfg, arrays["model"], state.trainable)
+    n_params, n_trained = size["params"], size["trained_params"]
+    step_flops = size["step_flops"]["total"]
     frozen = f", {(n_params - n_trained) / 1e6:.2f}M frozen" if n_trained < n_params else ""
     log.info("model: %.2fM parameters%s; mesh %s", n_params / 1e6, frozen, dict(mesh.shape))
-    trained = optim.trained_names(arrays["model"], state.trainable)
-    step_flops = flops.train_step(cfg.model, cfg.batch_size, trained=trained)["total"]
     peak = flops.device_peak(jax.devices()[0].device_kind, cfg.model.dtype)
 
     t0 = time.perf_counter()
