@@ -6,7 +6,7 @@ import platform
 import pytest
 
 from tests.helpers import run_vlx
-from vlx import bench, cli
+from vlx import bench, cli, compile_options
 
 
 def test_bench_prints_one_json_line_and_writes_a_profile(capsys, tmp_path):
@@ -21,6 +21,7 @@ def test_bench_prints_one_json_line_and_writes_a_profile(capsys, tmp_path):
     assert 0 < result["mfu"] < 1
     assert result["gflops_per_step"] > 0 and result["compile_s"] > 0
     assert result["host_cpu"] == bench.host_cpu()
+    assert result["cpu_matmul"] == compile_options.library("auto", "cpu")
     assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
     assert result["trained_params"] == result["params"]
 
@@ -87,9 +88,11 @@ def test_matmul_bench_times_both_forms_in_both_frameworks(capsys):
     args = ["bench", "matmul", "--tokens", "64", "--shapes", "32x48,48x32", "--reps", "2"]
     assert cli.main([*args, "--torch"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    runs = ("jax", "default matmuls"), ("jax", "eigen matmuls"), ("torch", "threads")
     assert [(r["d_in"], r["form"], r["framework"].split()[0]) for r in rows] == [
-        (d, form, fw) for d in (32, 48) for form in ("x@w", "x.T@y") for fw in ("jax", "torch")
+        (d, form, fw) for d in (32, 48) for form in ("x@w", "x.T@y") for fw, _ in runs
     ]
+    assert all(r["framework"].endswith(end) for r, (_, end) in zip(rows, runs * 4, strict=True))
     for r in rows:
         assert r["gflop_per_s"] == pytest.approx(
             2 * 64 * r["d_in"] * r["d_out"] / r["ms"] / 1e6, rel=0.01

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 
+from vlx import compile_options
 from vlx.data import pipeline, sources
 from vlx.data import tokenizer as tokenizer_lib
 from vlx.errors import ConfigError
@@ -16,20 +16,9 @@ def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
     `AMD EPYC, 2 cores, avx2`. CPU figures compare only on the same model: this project's
     2-core machines have differed from one session to the next by 2.5x in matmul throughput,
     and by which of JAX and PyTorch multiplies faster."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
+    model, flags = compile_options.cpu_info(cpuinfo)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+    vector = compile_options.vector_unit(flags)
     return ", ".join(filter(None, [model, f"{cores} cores", vector]))
 
 
@@ -152,13 +141,15 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
     step_flops = info["step_flops"]
     peak, peak_source = flops.device_peak(kind, dtype), "table"
     if peak is None and jax.default_backend() == "cpu":
-        peak, peak_source = cpu_matmul_peak(dtype) / devices, "measured matmul (host / devices)"
+        host_peak = cpu_matmul_peak(dtype, cfg.model.cpu_matmul)
+        peak, peak_source = host_peak / devices, "measured matmul (host / devices)"
     used = flops.utilization(step_flops["total"], step_s, devices, peak)
     memory = peak_memory_gb()
     return {
         "backend": jax.default_backend(),
         "device_kind": kind,
         "host_cpu": host_cpu(),
+        "cpu_matmul": compile_options.library(cfg.model.cpu_matmul, jax.default_backend()),
         "devices": devices,
         "mesh": dict(info["mesh"].shape),
         "dtype": dtype,
@@ -269,6 +260,7 @@ def matmul_throughput(
     dtype: str = "float32",
     framework: str = "jax",
     torch_device: str = "cpu",
+    cpu_matmul: str = "default",
     reps: int = 10,
 ) -> dict:
     """Time of one matmul of a dense layer over `tokens` rows, the best of `reps`.
@@ -277,8 +269,9 @@ def matmul_throughput(
     gradient. `x.T@y` is x [tokens, d_in].T @ y [tokens, d_out], the weight gradient: it
     contracts over the tokens, the leading axis of both operands, which a GEMM must either
     read transposed or have copied first. Both are 2 * tokens * d_in * d_out FLOPs. JAX runs
-    on the first device (on CPU: the whole host); `framework="torch"` times PyTorch on
-    `torch_device` instead."""
+    on the first device (on CPU: the whole host, with the matmul library `cpu_matmul`, as
+    `model.cpu_matmul` picks it); `framework="torch"` times PyTorch on `torch_device`
+    instead."""
     if form not in MATMUL_FORMS:
         raise ValueError(f"matmul form {form!r}: choose one of {', '.join(MATMUL_FORMS)}")
     shapes = ((tokens, d_in), (d_in, d_out) if form == "x@w" else (tokens, d_out))
@@ -288,12 +281,16 @@ def matmul_throughput(
 
         device = jax.devices()[0]
         x, y = (jnp.ones(s, jnp.dtype(dtype), device=device) for s in shapes)
-        fn = jax.jit(lambda x, y: x @ y if form == "x@w" else x.T @ y)
+        options = compile_options.options(cpu_matmul, device.platform)
+        fn = jax.jit(lambda x, y: x @ y if form == "x@w" else x.T @ y, compiler_options=options)
 
         def run():
             fn(x, y).block_until_ready()
 
         version = f"jax {jax.__version__}, {device.platform}"
+        library = compile_options.library(cpu_matmul, device.platform)
+        if library:
+            version += f", {library} matmuls"
     elif framework == "torch":
         import torch
 
@@ -329,9 +326,13 @@ def matmul_throughput(
     }
 
 
-def cpu_matmul_peak(dtype: str = "float32", n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of a large square matmul on the host (all cores), the best of `reps`."""
-    return matmul_throughput(n, n, n, dtype=dtype, reps=reps)["gflop_per_s"] * 1e9
+def cpu_matmul_peak(
+    dtype: str = "float32", cpu_matmul: str = "default", n: int = 2048, reps: int = 10
+) -> float:
+    """FLOP/s of a large square matmul on the host (all cores) with the library `cpu_matmul`,
+    the best of `reps`."""
+    row = matmul_throughput(n, n, n, dtype=dtype, cpu_matmul=cpu_matmul, reps=reps)
+    return row["gflop_per_s"] * 1e9
 
 
 def loss_memory(batch_size: int, embed_dim: int = 512) -> list[dict]:

@@ -213,7 +213,14 @@ def _as_numpy(metadata) -> tuple[dict, dict]:
 # other values (more remat after running out of memory, XLA attention and unrolled layers on a
 # GPU; `restore` converts between stacked and per-layer arrays).
 RUNTIME_MODEL_KEYS = frozenset(
-    {"model.dtype", "model.remat", "model.attention", "model.scan", "model.image.patch_dropout"}
+    {
+        "model.dtype",
+        "model.remat",
+        "model.attention",
+        "model.cpu_matmul",
+        "model.scan",
+        "model.image.patch_dropout",
+    }
 )
 
 

@@ -219,7 +219,8 @@ def _bench_matmul(args, overrides: list[str]) -> int:
 
     from vlx import bench
 
-    frameworks = ("jax", "torch") if args.torch else ("jax",)
+    libraries = ("default", "eigen") if args.cpu_matmul == "both" else (args.cpu_matmul,)
+    runs = [("jax", library) for library in libraries] + [("torch", "")] * bool(args.torch)
     for shape in args.shapes.split(","):
         d_in, _, d_out = shape.partition("x")
         if not (d_in.isdigit() and d_out.isdigit()):
@@ -227,7 +228,7 @@ def _bench_matmul(args, overrides: list[str]) -> int:
                 f"vlx bench matmul --shapes: {shape!r} is not INxOUT; write e.g. 384x1536"
             )
         for form in bench.MATMUL_FORMS:
-            for framework in frameworks:
+            for framework, library in runs:
                 row = bench.matmul_throughput(
                     args.tokens,
                     int(d_in),
@@ -236,6 +237,7 @@ def _bench_matmul(args, overrides: list[str]) -> int:
                     dtype=args.dtype,
                     framework=framework,
                     torch_device=args.torch or "cpu",
+                    cpu_matmul=library,
                     reps=args.reps,
                 )
                 print(json.dumps(row))
@@ -431,6 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     p.add_argument("--reps", type=int, default=20, help="timed runs per matmul (best is kept)")
+    p.add_argument(
+        "--cpu-matmul",
+        default="both",
+        choices=("both", "auto", "eigen", "default"),
+        help="on a CPU, the library of JAX's matmuls, as model.cpu_matmul picks it (default: "
+        "time both XLA's default and Eigen)",
+    )
     p.add_argument(
         "--torch",
         nargs="?",

@@ -94,6 +94,9 @@ def defaults() -> ml_collections.ConfigDict:
         remat="none",
         # auto: cuDNN flash attention on A100/H100-class GPUs in bfloat16, else XLA's (xla)
         attention="auto",
+        # The library behind XLA's matmuls on a CPU (vlx/compile_options.py): auto is eigen on
+        # x86 CPUs whose widest vector unit is AVX2, else XLA's own choice (default).
+        cpu_matmul="auto",
     )
 
     c.loss = dict(type="softmax", impl="gather")
@@ -190,6 +193,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("auto", "xla", "cudnn"),
+    "model.cpu_matmul": ("auto", "eigen", "default"),
     "loss.type": ("softmax", "sigmoid"),
     "loss.impl": ("gather", "ring"),
     "optim.schedule": ("cosine", "constant"),

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from vlx import checkpoint as checkpoint_lib
-from vlx import config, evals, flops, losses, optim, parallel
+from vlx import compile_options, config, evals, flops, losses, optim, parallel
 from vlx.checkpoint import Checkpointer
 from vlx.data import pipeline
 from vlx.data import tokenizer as tokenizer_lib
@@ -138,6 +138,7 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
         in_shardings=(state.shardings, parallel.batch_sharding(mesh)),
         out_shardings=(state.shardings, parallel.replicated(mesh)),
         donate_argnums=0,
+        compiler_options=compile_options.for_mesh(cfg.model.cpu_matmul, mesh),
     )
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from vlx import parallel
+from vlx import compile_options, parallel
 from vlx.data import pipeline, sources
 from vlx.data.tokenizer import Tokenizer
 from vlx.data.transforms import normalize
@@ -90,17 +90,20 @@ class EvalContext:
         kind = self.cfg.data.normalize
         gd, batch = self.graphdef, parallel.batch_sharding(self.mesh)
         self._sharding = batch
+        options = compile_options.for_mesh(self.cfg.model.cpu_matmul, self.mesh)
         self._images = jax.jit(
             parallel.traced_on(
                 self.mesh, lambda st, x: nnx.merge(gd, st).encode_image(normalize(x, kind))
             ),
             in_shardings=(self.model_sharding, batch),
             out_shardings=batch,
+            compiler_options=options,
         )
         self._texts = jax.jit(
             parallel.traced_on(self.mesh, lambda st, t: nnx.merge(gd, st).encode_text(t)),
             in_shardings=(self.model_sharding, batch),
             out_shardings=batch,
+            compiler_options=options,
         )
 
     @property
