@@ -285,7 +285,9 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     step_fn = make_train_step(cfg, mesh, state, lr_schedule)
     step_fn = step_fn.lower(arrays, abstract_batch(cfg, mesh)).compile()
     compile_sec = time.perf_counter() - t0
-    log.info("compiled the train step in %.1fs", compile_sec)
+    library = compile_options.library(cfg.model.cpu_matmul, mesh.devices.flat[0].platform)
+    matmuls = f" ({library} matmuls)" if library else ""
+    log.info("compiled the train step in %.1fs%s", compile_sec, matmuls)
 
     counts = {"truncated": 0, "skipped": 0}
     if data_state:
