@@ -20,6 +20,7 @@ from typing import Any
 
 import ml_collections
 
+from vlx import compile_options
 from vlx.errors import ConfigError
 from vlx.models.variants import VARIANTS
 
@@ -193,7 +194,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "full", "dots"),
     "model.attention": ("auto", "xla", "cudnn"),
-    "model.cpu_matmul": ("auto", "eigen", "default"),
+    "model.cpu_matmul": compile_options.CPU_MATMULS,
     "loss.type": ("softmax", "sigmoid"),
     "loss.impl": ("gather", "ring"),
     "optim.schedule": ("cosine", "constant"),
