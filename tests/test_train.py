@@ -1,4 +1,5 @@
 import json
+import types
 
 import jax
 import numpy as np
@@ -176,6 +177,34 @@ def test_training_logs_the_achieved_tflops_and_mfu_of_the_analytic_count(tmp_pat
         assert r["train/tflops_per_device"] * 1e12 == pytest.approx(achieved, rel=1e-9)
         assert r["train/mfu"] == pytest.approx(achieved / 5e9, rel=1e-9)
         assert "train/peak_memory_gb" not in r
+
+
+def test_images_per_sec_after_an_evaluation_counts_only_the_steps_since_it(tmp_path, monkeypatch):
+    """An evaluation at a step that is not a log step: the next log's images/s covers the steps
+    after the evaluation over the time after it. On a clock that moves 1 s a step and 100 s an
+    evaluation, steps 3-4 after an evaluation at step 2 make batch_size images/s."""
+    clock = [0.0]
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    stop_agreed = train.stop_agreed
+
+    def one_second_a_step(*args):
+        clock[0] += 1.0
+        return stop_agreed(*args)
+
+    def evaluation(cfg, context, step):
+        clock[0] += 100.0
+        return {}
+
+    monkeypatch.setattr(train, "stop_agreed", one_second_a_step)
+    monkeypatch.setattr(train.evals, "run_all", evaluation)
+    cfg = tiny_config(
+        total_steps=4, log_every=4, evals=dict(zs=dict(type="zeroshot", every_steps=2))
+    )
+    train.train(cfg, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in logged] == [4]
+    assert logged[0]["train/images_per_sec"] == cfg.batch_size
 
 
 def recompute_from_embeddings(saved, results):
