@@ -6,7 +6,7 @@ import platform
 import pytest
 
 from tests.helpers import run_vlx
-from vlx import bench, cli, compile_options
+from vlx import bench, cli, compile_options, config
 
 
 def test_bench_prints_one_json_line_and_writes_a_profile(capsys, tmp_path):
@@ -21,7 +21,8 @@ def test_bench_prints_one_json_line_and_writes_a_profile(capsys, tmp_path):
     assert 0 < result["mfu"] < 1
     assert result["gflops_per_step"] > 0 and result["compile_s"] > 0
     assert result["host_cpu"] == bench.host_cpu()
-    assert result["cpu_matmul"] == compile_options.library("auto", "cpu")
+    widest = compile_options.widest_matmul(config.load("configs/demo.py").model)
+    assert result["cpu_matmul"] == compile_options.library("auto", "cpu", widest)
     assert list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
     assert result["trained_params"] == result["params"]
 
@@ -99,3 +100,19 @@ def test_matmul_bench_times_both_forms_in_both_frameworks(capsys):
         )
     assert cli.main(["bench", "matmul", "--shapes", "48"]) == 2
     assert "--shapes: '48' is not INxOUT" in capsys.readouterr().err
+
+
+def test_cpu_peak_is_the_faster_librarys_so_mfu_never_credits_a_slow_gemm(monkeypatch):
+    rates = {"default": 180.0, "eigen": 140.0}
+    timed = []
+
+    def fake(tokens, d_in, d_out, *, dtype, cpu_matmul, reps):
+        timed.append((tokens, d_in, d_out, dtype, cpu_matmul))
+        return {"gflop_per_s": rates[cpu_matmul]}
+
+    monkeypatch.setattr(bench, "matmul_throughput", fake)
+    assert bench.cpu_matmul_peak("bfloat16", n=64) == 180e9
+    rates.update(eigen=190.0)
+    assert bench.cpu_matmul_peak("bfloat16", n=64) == 190e9
+    assert {t[-1] for t in timed} == {"default", "eigen"}
+    assert {t[:4] for t in timed} == {(64, 64, 64, "bfloat16")}

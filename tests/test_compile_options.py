@@ -6,32 +6,48 @@ import pytest
 
 from tests.helpers import compiled_step, tiny_config
 from tests.test_train import demo_batch, params_of
-from vlx import compile_options, parallel, train
+from vlx import compile_options, config, parallel, train
 from vlx.data import tokenizer as tokenizer_lib
 from vlx.evals.common import EvalContext
 
 AVX2 = frozenset({"sse2", "avx", "fma", "avx2"})
 
 
-def test_auto_picks_eigen_only_where_avx2_is_the_widest_vector_unit():
-    assert compile_options.cpu_matmul("auto", AVX2) == "eigen"
-    assert compile_options.cpu_matmul("auto", AVX2 | {"avx512f"}) == "default"
-    assert compile_options.cpu_matmul("auto", frozenset({"fp", "asimd"})) == "default"  # arm64
-    assert compile_options.cpu_matmul("auto", frozenset()) == "default"  # no cpuinfo
-    assert compile_options.cpu_matmul("default", AVX2) == "default"
-    assert compile_options.cpu_matmul("eigen", frozenset()) == "eigen"
+def test_auto_picks_eigen_on_avx2_for_layers_up_to_vit_s_width():
+    library = compile_options.library
+    s_wide, b_wide = 1536, 2048
+    assert library("auto", "cpu", s_wide, AVX2) == "eigen"
+    assert library("auto", "cpu", b_wide, AVX2) == "default"
+    assert library("auto", "cpu", s_wide, AVX2 | {"avx512f"}) == "default"
+    assert library("auto", "cpu", s_wide, frozenset({"fp", "asimd"})) == "default"  # arm64
+    assert library("auto", "cpu", s_wide, frozenset()) == "default"  # no cpuinfo
+    assert library("default", "cpu", s_wide, AVX2) == "default"
+    assert library("eigen", "cpu", b_wide, frozenset()) == "eigen"
+    assert library("eigen", "gpu", s_wide, AVX2) is None
+    assert library("auto", "tpu", s_wide, AVX2) is None
 
 
-def test_options_are_for_the_cpu_only_and_only_where_xla_knows_them():
-    assert compile_options.options("eigen", "gpu") == {}
-    assert compile_options.options("eigen", "tpu") == {}
-    assert compile_options.options("default", "cpu") == {}
-    assert compile_options.options("eigen", "cpu") == {
+@pytest.mark.parametrize(
+    ("recipe", "widest"),
+    [
+        ("configs/clip_vit_s32.py", 1536),
+        ("configs/clip_vit_b32.py", 3072),
+        ("configs/demo.py", 384),
+    ],
+)
+def test_widest_matmul_is_the_widest_mlp_or_fused_projection(recipe, widest):
+    model = config.load(recipe).model
+    assert compile_options.widest_matmul(model) == widest
+    model.text.mlp_dim = 4096
+    assert compile_options.widest_matmul(model) == 4096
+
+
+def test_options_are_xlas_only_where_it_knows_them():
+    assert compile_options.options(None) == {}
+    assert compile_options.options("default") == {}
+    assert compile_options.options("eigen") == {
         "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"
     }
-    assert compile_options.library("eigen", "cpu") == "eigen"
-    assert compile_options.library("default", "cpu") == "default"
-    assert compile_options.library("eigen", "gpu") is None
     # An option this jaxlib does not have is left out rather than failing every compile.
     assert not compile_options._accepted("xla_cpu_no_such_option", "1")
 

@@ -8,7 +8,7 @@ from flax import nnx
 
 from tests.export.helpers import zero_shot_predictions_agree
 from tests.helpers import cli_train, compiled_step, run_vlx, tiny_config
-from vlx import cli, compile_options, flops, optim, parallel, train
+from vlx import cli, compile_options, config, flops, optim, parallel, train
 from vlx.data import demo
 from vlx.data.tokenizer import load as load_tokenizer
 from vlx.export.params import flatten
@@ -101,7 +101,8 @@ def test_demo_trains_from_the_cli(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "zeroshot/top1:" in done.stdout
-    assert f"({compile_options.library('auto', 'cpu')} matmuls)" in done.stderr
+    widest = compile_options.widest_matmul(config.load("configs/demo.py").model)
+    assert f"({compile_options.library('auto', 'cpu', widest)} matmuls)" in done.stderr
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert [r["step"] for r in records if "train/loss" in r] == [50, 100, 150, 200, 250, 300]

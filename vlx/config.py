@@ -96,7 +96,8 @@ def defaults() -> ml_collections.ConfigDict:
         # auto: cuDNN flash attention on A100/H100-class GPUs in bfloat16, else XLA's (xla)
         attention="auto",
         # The library behind XLA's matmuls on a CPU (vlx/compile_options.py): auto is eigen on
-        # x86 CPUs whose widest vector unit is AVX2, else XLA's own choice (default).
+        # x86 CPUs whose widest vector unit is AVX2 for models whose layers are at most 1,536
+        # wide (ViT-S and smaller), else XLA's own choice (default).
         cpu_matmul="auto",
     )
 

@@ -138,7 +138,7 @@ def make_train_step(cfg, mesh, state: TrainState, lr_schedule: optax.Schedule) -
         in_shardings=(state.shardings, parallel.batch_sharding(mesh)),
         out_shardings=(state.shardings, parallel.replicated(mesh)),
         donate_argnums=0,
-        compiler_options=compile_options.for_mesh(cfg.model.cpu_matmul, mesh),
+        compiler_options=compile_options.options(compile_options.for_model(cfg.model, mesh)),
     )
 
 
@@ -285,7 +285,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     step_fn = make_train_step(cfg, mesh, state, lr_schedule)
     step_fn = step_fn.lower(arrays, abstract_batch(cfg, mesh)).compile()
     compile_sec = time.perf_counter() - t0
-    library = compile_options.library(cfg.model.cpu_matmul, mesh.devices.flat[0].platform)
+    library = compile_options.for_model(cfg.model, mesh)
     matmuls = f" ({library} matmuls)" if library else ""
     log.info("compiled the train step in %.1fs%s", compile_sec, matmuls)
 

@@ -90,7 +90,7 @@ class EvalContext:
         kind = self.cfg.data.normalize
         gd, batch = self.graphdef, parallel.batch_sharding(self.mesh)
         self._sharding = batch
-        options = compile_options.for_mesh(self.cfg.model.cpu_matmul, self.mesh)
+        options = compile_options.options(compile_options.for_model(self.cfg.model, self.mesh))
         self._images = jax.jit(
             parallel.traced_on(
                 self.mesh, lambda st, x: nnx.merge(gd, st).encode_image(normalize(x, kind))
