@@ -37,13 +37,17 @@ def test_the_command_reexecutes_itself_with_the_tunable_unless_the_user_set_one(
     assert _tunables_seen_by_the_command(mine) == "TUNABLES=glibc.malloc.check=0"
 
 
-def test_cache_environment_defaults_under_the_user_cache_unless_set(tmp_path):
+def test_import_environment_sets_the_cache_and_quiets_advisories_unless_set(tmp_path):
     xdg = {"XDG_CACHE_HOME": str(tmp_path)}
-    assert hostenv.cache_environment(xdg) == {
-        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "vlx" / "jax")
+    quiet = {"TRANSFORMERS_NO_ADVISORY_WARNINGS": "1"}
+    assert hostenv.import_environment(xdg) == {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "vlx" / "jax"),
+        **quiet,
     }
-    assert hostenv.cache_environment({**xdg, "JAX_COMPILATION_CACHE_DIR": "/mine"}) == {}
-    assert hostenv.cache_environment({**xdg, "JAX_COMPILATION_CACHE_DIR": ""}) == {}  # off
+    assert hostenv.import_environment({**xdg, "JAX_COMPILATION_CACHE_DIR": "/mine"}) == quiet
+    assert hostenv.import_environment({**xdg, "JAX_COMPILATION_CACHE_DIR": ""}) == quiet  # off
+    mine = {"TRANSFORMERS_NO_ADVISORY_WARNINGS": ""}
+    assert "TRANSFORMERS_NO_ADVISORY_WARNINGS" not in hostenv.import_environment({**xdg, **mine})
 
 
 def test_the_command_points_jax_at_the_compilation_cache(tmp_path):

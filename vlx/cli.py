@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         if env is not None:
             os.execve(sys.executable, sys.orig_argv, env)
         argv = sys.argv[1:]
-    os.environ.update(hostenv.cache_environment(os.environ))
+    os.environ.update(hostenv.import_environment(os.environ))
     overrides = [a for a in argv if a.startswith("--config.")]
     rest = [a for a in argv if not a.startswith("--config.")]
     args = build_parser().parse_args(rest)

@@ -10,8 +10,9 @@ of the faults and 14% of the step time. The block is still mapped and zeroed ane
 Tunables are read when a process starts, so the `vlx` command re-executes itself once with the
 tunable set.
 
-JAX reads its persistent compilation cache's directory when it is imported, so `vlx` sets that
-too before any JAX import (`cache_environment`).
+JAX reads its persistent compilation cache's directory when it is imported, and transformers
+decides at import whether to print its advisories, so `vlx` sets both before either is imported
+(`import_environment`).
 """
 
 from __future__ import annotations
@@ -31,14 +32,22 @@ def reexec_environment(environ: Mapping[str, str], platform: str = sys.platform)
     return {**environ, "GLIBC_TUNABLES": TUNABLES}
 
 
-def cache_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """JAX_COMPILATION_CACHE_DIR to add to `environ`: `$XDG_CACHE_HOME/vlx/jax` (default
-    `~/.cache/vlx/jax`), unless the user has set it (an empty value turns the cache off).
+def import_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """Variables to add to `environ` before JAX and transformers are imported, each only where
+    the user has not set it:
 
-    JAX then keeps compiled programs across runs: a resumed run, a second `vlx eval` or `vlx
-    bench` of the same config skips XLA's compile (the demo's train step: 10.2 s to 3.6 s; what
-    is left is tracing, which no cache covers)."""
-    if "JAX_COMPILATION_CACHE_DIR" in environ:
-        return {}
-    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return {"JAX_COMPILATION_CACHE_DIR": os.path.join(base, "vlx", "jax")}
+    - JAX_COMPILATION_CACHE_DIR: `$XDG_CACHE_HOME/vlx/jax` (default `~/.cache/vlx/jax`; an
+      empty value of the user's turns the cache off). JAX then keeps compiled programs across
+      runs: a resumed run, a second `vlx eval` or `vlx bench` of the same config skips XLA's
+      compile (the demo's train step: 10.2 s to 3.6 s; what is left is tracing, which no cache
+      covers).
+    - TRANSFORMERS_NO_ADVISORY_WARNINGS=1: vlx uses transformers for its tokenizers, which need
+      no PyTorch, yet on the plain install (no `torch` extra) every command began with
+      transformers' advice that "PyTorch was not found. Models won't be available"."""
+    out = {}
+    if "JAX_COMPILATION_CACHE_DIR" not in environ:
+        base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        out["JAX_COMPILATION_CACHE_DIR"] = os.path.join(base, "vlx", "jax")
+    if "TRANSFORMERS_NO_ADVISORY_WARNINGS" not in environ:
+        out["TRANSFORMERS_NO_ADVISORY_WARNINGS"] = "1"
+    return out

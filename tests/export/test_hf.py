@@ -86,7 +86,8 @@ def test_hf_style_lists_every_problem():
 
 def test_export_needs_no_pytorch(tmp_path):
     """The `torch` extra is for loading an export, not for writing one: in a process where
-    torch and torchvision cannot be imported, `vlx export` writes the same bytes."""
+    torch and torchvision cannot be imported, `vlx export` writes the same bytes, without
+    transformers' advice that PyTorch is missing."""
     workdir = trained(tmp_path, "clip_gelu")
     no_torch = (
         "import sys; sys.modules.update(torch=None, torchvision=None); "
@@ -100,6 +101,7 @@ def test_export_needs_no_pytorch(tmp_path):
         cmd = [sys.executable, "-c", no_torch, *args, str(without)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert "PyTorch was not found" not in done.stderr  # transformers' advice, for tokenizers
         names = sorted(p.name for p in with_torch.iterdir())
         assert names == sorted(p.name for p in without.iterdir()) and names
         for name in names:
