@@ -102,6 +102,7 @@ def test_export_needs_no_pytorch(tmp_path):
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "PyTorch was not found" not in done.stderr  # transformers' advice, for tokenizers
+        assert "requires torchvision" not in done.stderr  # vlx asks for the PIL processor
         names = sorted(p.name for p in with_torch.iterdir())
         assert names == sorted(p.name for p in without.iterdir()) and names
         for name in names:

@@ -188,7 +188,10 @@ def image_processor(cfg):
     size = cfg.model.image.image_size
     mean, std = NORMALIZATION[cfg.data.normalize]
     # PIL resampling, as vlx's own pipeline (transformers 5's default resizes with torchvision).
-    processor = getattr(transformers, "CLIPImageProcessorPil", transformers.CLIPImageProcessor)
+    # Only transformers 4 lacks the PIL class; naming CLIPImageProcessor without torchvision
+    # makes transformers 5 warn that it falls back to the PIL class.
+    processor = getattr(transformers, "CLIPImageProcessorPil", None)
+    processor = processor or transformers.CLIPImageProcessor
     return processor(
         do_resize=True,
         size={"shortest_edge": size},
