@@ -101,6 +101,7 @@ def test_demo_trains_from_the_cli(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "zeroshot/top1:" in done.stdout
+    assert "zero-shot top-1 on 480 held-out demo images:" in done.stdout
     widest = compile_options.widest_matmul(config.load("configs/demo.py").model)
     assert f"({compile_options.library('auto', 'cpu', widest)} matmuls)" in done.stderr
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

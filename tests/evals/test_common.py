@@ -99,3 +99,15 @@ def test_eval_sources_open_once_at_start_and_are_reused(monkeypatch):
         evals.open_sources(
             config.load("configs/demo.py", ["--config.evals={'ret': {'type': 'retrieval'}}"])
         )
+
+
+def test_held_out_unless_the_evaluator_reads_what_the_run_trains_on():
+    cfg = config.load("configs/small.py:data/pets")
+    zeroshot = cfg.evals.zeroshot
+    assert not evals.held_out(cfg, zeroshot)  # the training dataset itself, whatever the split
+    zeroshot.dataset = "arrayrecord:data/pets-test"
+    assert evals.held_out(cfg, zeroshot)
+    cfg.data.source = "arrayrecord:data/cc3m=0.5,arrayrecord:data/pets-test=0.5"
+    assert not evals.held_out(cfg, zeroshot)
+    demo = config.load("configs/demo.py")
+    assert all(evals.held_out(demo, e) for e in demo.evals.values())  # test and probe splits

@@ -12,6 +12,8 @@ captions=list[str], label=int)`, and `classes` (label names) when it is labelled
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from vlx.data import demo
@@ -33,6 +35,18 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
             raise DataError(f"data source {item!r}: weight must be positive")
         parts.append((name, w))
     return parts
+
+
+def identity(spec: str, split: str) -> tuple[str, ...]:
+    """What `build(spec, split=split)` reads, comparable across spellings: an ArrayRecord
+    dataset is one directory whatever the split; the demo and TFDS datasets have splits."""
+    kind, _, rest = spec.partition(":")
+    if spec == "demo":
+        return ("demo", split)
+    if kind == "tfds":
+        name, _, tfds_split = rest.partition(":")
+        return ("tfds", name, tfds_split or split)
+    return ("arrayrecord", os.path.realpath(rest if kind == "arrayrecord" else spec))
 
 
 def build(spec: str, *, split: str, image_size: int, data_cfg, num_examples: int | None = None):

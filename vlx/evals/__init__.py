@@ -21,6 +21,15 @@ def prefix(name: str, eval_cfg) -> str:
     return eval_cfg.prefix or name
 
 
+def held_out(cfg, eval_cfg) -> bool:
+    """Whether evaluator `eval_cfg` reads data that `cfg` does not train on (a test split, or
+    another dataset)."""
+    from vlx.data import sources
+
+    trained = {sources.identity(s, "train") for s, _ in sources.parse_mixture(cfg.data.source)}
+    return sources.identity(eval_cfg.dataset, eval_cfg.split) not in trained
+
+
 def due(eval_cfg, step: int, total_steps: int) -> bool:
     every = eval_cfg.every_steps
     return step == total_steps or (every > 0 and step % every == 0)
