@@ -37,22 +37,29 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
     return parts
 
 
-def identity(spec: str, split: str) -> tuple[str, ...]:
-    """What `build(spec, split=split)` reads, comparable across spellings: an ArrayRecord
-    dataset is one directory whatever the split; the demo and TFDS datasets have splits."""
+def _resolve(spec: str, split: str) -> tuple[str, str, str]:
+    """(kind, name or path, split) of a single source spec: `demo`, `tfds` (a split in the
+    spec wins) or `arrayrecord` (a bare path is one; it has no splits)."""
     kind, _, rest = spec.partition(":")
     if spec == "demo":
-        return ("demo", split)
+        return "demo", "", split
     if kind == "tfds":
         name, _, tfds_split = rest.partition(":")
-        return ("tfds", name, tfds_split or split)
-    return ("arrayrecord", os.path.realpath(rest if kind == "arrayrecord" else spec))
+        return "tfds", name, tfds_split or split
+    return "arrayrecord", rest if kind == "arrayrecord" else spec, ""
+
+
+def identity(spec: str, split: str) -> tuple[str, str, str]:
+    """What `build(spec, split=split)` reads, comparable across spellings: an ArrayRecord
+    dataset is one directory whatever the split; the demo and TFDS datasets have splits."""
+    kind, name, split = _resolve(spec, split)
+    return kind, os.path.realpath(name) if kind == "arrayrecord" else name, split
 
 
 def build(spec: str, *, split: str, image_size: int, data_cfg, num_examples: int | None = None):
     """The source named by `spec` (a single one, not a mixture)."""
-    kind, _, rest = spec.partition(":")
-    if spec == "demo":
+    kind, name, split = _resolve(spec, split)
+    if kind == "demo":
         return DemoSource(
             split=split,
             num_examples=num_examples
@@ -61,9 +68,8 @@ def build(spec: str, *, split: str, image_size: int, data_cfg, num_examples: int
             holdout=data_cfg.demo.holdout,
         )
     if kind == "tfds":
-        name, _, tfds_split = rest.partition(":")
-        return TfdsSource(name, tfds_split or split, data_cfg.tfds)
-    return ArrayRecordSource(rest if kind == "arrayrecord" else spec)
+        return TfdsSource(name, split, data_cfg.tfds)
+    return ArrayRecordSource(name)
 
 
 class TfdsSource:
