@@ -141,8 +141,7 @@ def _step_report(cfg, info: dict, step_s: float, metrics) -> dict:
     step_flops = info["step_flops"]
     peak, peak_source = flops.device_peak(kind, dtype), "table"
     if peak is None and jax.default_backend() == "cpu":
-        host_peak = cpu_matmul_peak(dtype)
-        peak, peak_source = host_peak / devices, "measured matmul (host / devices)"
+        peak, peak_source = cpu_matmul_peak(dtype) / devices, "measured matmul (host / devices)"
     used = flops.utilization(step_flops["total"], step_s, devices, peak)
     memory = peak_memory_gb()
     return {
