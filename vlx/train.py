@@ -381,6 +381,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                 last["stopped"] = step
                 break
     finally:
+        host_batches.close()
         ckpt.close()
         writer.close()
         progress.close()

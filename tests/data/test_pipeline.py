@@ -1,3 +1,7 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from vlx.data import pipeline, sources
@@ -83,3 +87,33 @@ def test_weighted_mixture_draws_from_both_sources():
         ("arrayrecord:/x", 0.8),
     ]
     assert sources.parse_mixture("demo") == [("demo", 1.0)]
+
+
+LEAK_PROBE = """
+import sys
+from tests.data.test_pipeline import Numbered, stream
+
+def consume(n):  # as `train.train` does: the last batches die with the frame, at the end
+    it = iter(stream(Numbered(), workers=2))
+    batches = [next(it) for _ in range(n)]
+    it.close()
+    return sum(len(b["label"]) for b in batches)
+
+print(consume(int(sys.argv[1])))
+"""
+
+
+def test_worker_batches_leave_no_shared_memory_behind_at_exit():
+    """Grain unlinks consumed batches' shared memory on a thread that exit used to cut short."""
+    root = Path(__file__).resolve().parents[2]
+    for n in (3, 12):
+        run = subprocess.run(
+            [sys.executable, "-c", LEAK_PROBE, str(n)],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == [str(4 * n)]
+        assert "leaked shared_memory" not in run.stderr, run.stderr
