@@ -9,7 +9,7 @@ from flax import nnx
 from tests.export.helpers import zero_shot_predictions_agree
 from tests.helpers import cli_train, compiled_step, run_vlx, tiny_config
 from vlx import cli, compile_options, config, flops, optim, parallel, train
-from vlx.data import demo
+from vlx.data import demo, pipeline
 from vlx.data.tokenizer import load as load_tokenizer
 from vlx.export.params import flatten
 
@@ -181,23 +181,30 @@ def test_training_logs_the_achieved_tflops_and_mfu_of_the_analytic_count(tmp_pat
         assert "train/peak_memory_gb" not in r
 
 
-def test_images_per_sec_after_an_evaluation_counts_only_the_steps_since_it(tmp_path, monkeypatch):
-    """An evaluation at a step that is not a log step: the next log's images/s covers the steps
-    after the evaluation over the time after it. On a clock that moves 1 s a step and 100 s an
-    evaluation, steps 3-4 after an evaluation at step 2 make batch_size images/s."""
+def test_throughput_after_an_evaluation_counts_only_the_steps_since_it(tmp_path, monkeypatch):
+    """An evaluation at a step that is not a log step: the next log's images/s and the share of
+    time spent waiting for batches cover the steps after the evaluation over the time after it.
+    On a clock that moves 0.5 s a batch, 1 s a step and 100 s an evaluation, steps 3-4 after an
+    evaluation at step 2 make 2 x batch_size images in 3 s, a third of it waiting for data."""
     clock = [0.0]
     monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
-    stop_agreed = train.stop_agreed
+    stop_agreed, to_mesh = train.stop_agreed, pipeline.to_mesh
 
     def one_second_a_step(*args):
         clock[0] += 1.0
         return stop_agreed(*args)
+
+    def half_a_second_a_batch(*args, **kwargs):
+        for batch in to_mesh(*args, **kwargs):
+            clock[0] += 0.5
+            yield batch
 
     def evaluation(cfg, context, step):
         clock[0] += 100.0
         return {}
 
     monkeypatch.setattr(train, "stop_agreed", one_second_a_step)
+    monkeypatch.setattr(pipeline, "to_mesh", half_a_second_a_batch)
     monkeypatch.setattr(train.evals, "run_all", evaluation)
     cfg = tiny_config(
         total_steps=4, log_every=4, evals=dict(zs=dict(type="zeroshot", every_steps=2))
@@ -206,7 +213,8 @@ def test_images_per_sec_after_an_evaluation_counts_only_the_steps_since_it(tmp_p
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in logged] == [4]
-    assert logged[0]["train/images_per_sec"] == cfg.batch_size
+    assert logged[0]["train/images_per_sec"] == pytest.approx(2 * cfg.batch_size / 3)
+    assert logged[0]["data/wait_fraction"] == pytest.approx(1 / 3)
 
 
 def recompute_from_embeddings(saved, results):

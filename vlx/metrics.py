@@ -93,8 +93,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+# What the progress bar shows, by the metric's last name part; `wait_fraction` is the share of
+# time the loop waited for the input pipeline (open_clip's log shows the same as "Data (t)").
+SHOWN = (
+    "train/loss",
+    "train/i2t_acc",
+    "train/images_per_sec",
+    "train/mfu",
+    "data/wait_fraction",
+)
+
+
 class Progress:
-    """Console progress: a tqdm bar with step, loss, images/s and ETA (process 0 only).
+    """Console progress: a tqdm bar with step, loss, images/s, MFU, data wait and ETA (process
+    0 only).
 
     The bar appears at the first step, so errors raised while setting up stay on one line.
     """
@@ -120,7 +132,7 @@ class Progress:
         self.bar.update(step - self.bar.n)
         if metrics:
             shown = {}
-            for key in ("train/loss", "train/i2t_acc", "train/images_per_sec", "train/mfu"):
+            for key in SHOWN:
                 if key in metrics:
                     shown[key.split("/")[-1]] = f"{float(metrics[key]):.4g}"
             self.bar.set_postfix(shown, refresh=False)

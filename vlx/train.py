@@ -322,11 +322,13 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
     last: dict[str, float] = {}
     # Skipped updates add up on the device, so counting them never syncs the host.
     skipped_updates = jnp.asarray(float(counts.pop("skipped_updates", 0.0)))
-    t_log, step_log = time.perf_counter(), start
+    t_log, step_log, waited = time.perf_counter(), start, 0.0
     step = start
     try:
         for step in range(start + 1, cfg.total_steps + 1):
+            t_wait = time.perf_counter()
             batch, extras, iterator_state = next(batches)
+            waited += time.perf_counter() - t_wait
             for key in counts:
                 counts[key] += int(extras.get(key, 0))
             arrays, metrics = step_fn(arrays, batch)
@@ -347,7 +349,8 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                 used = flops.utilization(
                     (step - step_log) * step_flops, now - t_log, mesh.size, peak
                 )
-                t_log, step_log = now, step
+                metrics["data/wait_fraction"] = waited / (now - t_log)
+                t_log, step_log, waited = now, step, 0.0
                 metrics["train/images_per_sec"] = images_per_sec
                 metrics["train/images_per_sec_per_device"] = images_per_sec / mesh.size
                 metrics.update({f"train/{k}": v for k, v in used.items()})
@@ -369,7 +372,7 @@ def train(cfg, workdir: str | Path, progress=None, stop=None) -> dict[str, float
                     f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
                 )
                 last.update(results)
-                t_log, step_log = time.perf_counter(), step
+                t_log, step_log, waited = time.perf_counter(), step, 0.0
             if saving:
                 data = {
                     "iterator": iterator_state,
