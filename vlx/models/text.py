@@ -8,6 +8,7 @@ from flax import nnx
 
 from vlx.errors import ConfigError
 from vlx.models import layers, variants
+from vlx.parallel import constrain
 
 # Pools that read one token; the encoder's last block then computes only that token.
 POOLS_ONE_TOKEN = ("eos", "last", "first")
@@ -25,6 +26,24 @@ def pool_position(tokens: jax.Array, how: str, eos_id: int | None) -> jax.Array 
         is_eos = tokens == eos_id
         return jnp.where(is_eos.any(axis=1), jnp.argmax(is_eos, axis=1), length - 1)
     return length - 1 if how == "last" else 0
+
+
+def embed_tokens(table: jax.Array, tokens: jax.Array) -> jax.Array:
+    """table [V, D] (vocab over `tensor`, embed over `fsdp`), tokens int [B, L] -> [B, L, D].
+
+    The table's embed axis is gathered first, as FSDP gathers every weight before use, so each
+    device looks up only its own rows of the batch; with the vocabulary split over `tensor`,
+    each device looks up the tokens in its part and the parts are summed (Megatron's
+    vocabulary-parallel embedding). Left to sharding propagation, XLA looked up the whole
+    global batch on every device of a mesh with both `data` and `fsdp` (or `tensor`) axes, and
+    resharded the result and its gradient by its "last resort" of a full rematerialisation.
+
+    Looked up in the parameter dtype (the caller casts): the gradient's scatter-add then runs
+    in float32 (a bfloat16 one took 4.8 ms of an H100 ViT-B/16 step at batch 768).
+    """
+    table = constrain(table, ("vocab", None))
+    x = jnp.take(table, constrain(tokens, ("batch", None)), axis=0)
+    return constrain(x, layers.TOKENS)
 
 
 class TextTransformer(nnx.Module):
@@ -57,9 +76,7 @@ class TextTransformer(nnx.Module):
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """tokens: int [B, L]. Returns unnormalised [B, E]."""
-        # Looked up in the parameter dtype, then cast: the gradient's scatter-add then runs in
-        # float32 (a bfloat16 one took 4.8 ms of an H100 ViT-B/16 step at batch 768).
-        x = self.embed(tokens).astype(self.dtype)
+        x = embed_tokens(self.embed.embedding[...], tokens).astype(self.dtype)
         x = layers.add_position_embedding(x, self.posemb[...].astype(x.dtype)[: tokens.shape[1]])
         keep = pool_position(tokens, self.pool, self.eos_id)
         x = self.ln_final(self.encoder(x, keep))
