@@ -56,21 +56,28 @@ def _train(args, overrides: list[str]) -> int:
     for key, value in summary.items():
         if key == "train/loss" or key.startswith(prefixes):
             print(f"  {key}: {_number(value)}")
-    headlines = {  # evaluator type -> (metric, count, sentence); zero-shot comes last
-        "linear_probe": ("accuracy", "num_test", "linear-probe accuracy on {n} {d} {held}images"),
-        "zeroshot": ("top1", "num_examples", "zero-shot top-1 on {n} {held}{d} images"),
-    }
-    for kind, (metric, count, sentence) in headlines.items():
+    headlines = {  # evaluator type -> (metric, count, sentence, word for data not trained on)
+        "linear_probe": (
+            "accuracy",
+            "num_test",
+            "linear-probe accuracy on {n} {d} {held}images",
+            "test ",
+        ),
+        "zeroshot": (
+            "top1",
+            "num_examples",
+            "zero-shot top-1 on {n} {held}{d} images",
+            "held-out ",
+        ),
+    }  # zero-shot comes last
+    for kind, (metric, count, sentence, word) in headlines.items():
         for name, e in cfg.evals.items():
             value = summary.get(f"{evals.prefix(name, e)}/{metric}")
             if e.type == kind and value is not None:
                 n = summary[f"{evals.prefix(name, e)}/{count}"]
-                if evals.held_out(cfg, e):
-                    held = "test " if kind == "linear_probe" else "held-out "
-                    print(f"{sentence.format(n=n, d=e.dataset, held=held)}: {value:.3f}")
-                else:
-                    line = sentence.format(n=n, d=e.dataset, held="")
-                    print(f"{line} (the training data): {value:.3f}")
+                held = evals.held_out(cfg, e)
+                line = sentence.format(n=n, d=e.dataset, held=word if held else "")
+                print(f"{line}{'' if held else ' (the training data)'}: {value:.3f}")
     return 0
 
 
